@@ -1,0 +1,116 @@
+"""The ``kaimon`` command: ``serve``, ``token``, ``kernelspec install``, ``sessions``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ._errors import KaimonError
+
+__all__ = ["main"]
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"kaimon: {name}={raw!r} is not a number of seconds") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .server._core import DEFAULT_PROMOTE_AFTER
+
+    p = argparse.ArgumentParser(prog="kaimon", description="Share live Jupyter kernels with AI agents over MCP.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    s.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=2828, help="HTTP port (default 2828)")
+    s.add_argument("--no-auth", action="store_true",
+                   help="HTTP without a bearer token (loopback only)")
+    s.add_argument("--no-auto-start", dest="auto_start", action="store_false",
+                   help="never start a kernel when none is served")
+    s.add_argument("--promote-after", type=float, default=None,
+                   help=f"seconds before a running ex returns an eval_id "
+                        f"(default $KAIMON_PROMOTE_AFTER or {DEFAULT_PROMOTE_AFTER:g}; <=0: never)")
+    s.add_argument("--log-level", default="WARNING")
+
+    t = sub.add_parser("token", help="print the HTTP bearer token (generated once, stored 0600)")
+    t.add_argument("--path", action="store_true", help="print where it is stored instead")
+
+    k = sub.add_parser("kernelspec", help="manage the 'Python 3 (Kaimon)' kernelspec")
+    ksub = k.add_subparsers(dest="action", required=True)
+    ki = ksub.add_parser("install", help="install it")
+    where = ki.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="in the user's Jupyter data dir")
+    where.add_argument("--sys-prefix", action="store_true", help="in this Python's prefix")
+    where.add_argument("--prefix", help="under this prefix")
+
+    sub.add_parser("sessions", help="list the kernels served on this machine")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KaimonError as err:
+        print(f"kaimon: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._paths import load_or_create_token, token_file
+
+    if args.command == "serve":
+        from .server._core import DEFAULT_PROMOTE_AFTER, ServerOptions
+        from .server._http import check_bind
+        from .server._run import serve_forever
+
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="kaimon %(levelname)s %(name)s: %(message)s")
+        promote = args.promote_after
+        if promote is None:
+            promote = _env_float("KAIMON_PROMOTE_AFTER", DEFAULT_PROMOTE_AFTER)
+        options = ServerOptions(auto_start=args.auto_start, promote_after=promote)
+        token = None
+        if args.http:
+            token = None if args.no_auth else load_or_create_token()
+            check_bind(args.host, token)
+        serve_forever(options, http=args.http, host=args.host, port=args.port, token=token)
+        return 0
+    if args.command == "token":
+        print(token_file() if args.path else load_or_create_token())
+        return 0
+    if args.command == "kernelspec":
+        from ._kernelspec import install
+
+        prefix = sys.prefix if args.sys_prefix else args.prefix
+        path = install(user=args.user, prefix=prefix)
+        print(f"kaimon: installed the 'Python 3 (Kaimon)' kernelspec in {path}")
+        return 0
+    if args.command == "sessions":
+        from ._paths import sessions_dir
+        from ._protocol import SessionInfo
+        from .server._kernel import pid_alive
+
+        found = False
+        for path in sorted(sessions_dir().glob("session-*.json")):
+            info = SessionInfo.model_validate_json(path.read_text())
+            state = "alive" if pid_alive(info.pid) else "dead (stale file)"
+            print(f"{info.key}  label={info.label!r}  pid={info.pid} {state}  cwd={info.cwd}")
+            found = True
+        if not found:
+            print("no kernel is served (run `%kaimon serve` in a notebook)")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

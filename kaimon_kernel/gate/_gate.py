@@ -1,0 +1,220 @@
+"""The gate: makes the kernel it runs in a session that the kaimon server can reach.
+
+Serving writes a session file (0600) next to the kernel's connection file and answers the
+server on the :data:`~kaimon_kernel._protocol.COMM_TARGET` comm. Nothing new is bound: the
+server talks to the kernel over the kernel's own channels.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .._errors import KaimonError, ProtocolMismatch
+from .._paths import sessions_dir, write_private
+from .._protocol import (
+    COMM_TARGET,
+    Refused,
+    SessionInfo,
+    Welcome,
+    check_protocol,
+    parse_server_message,
+)
+
+__all__ = ["Gate", "current_gate", "serve", "stop"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerLink:
+    """A kaimon server that opened the gate's comm."""
+
+    server_pid: int
+    since: float
+    comm: Any
+
+
+def session_file_for(key: str) -> Path:
+    return sessions_dir() / f"session-{key}.json"
+
+
+def _connection_file() -> str:
+    try:
+        from ipykernel.connect import get_connection_file
+
+        return os.path.abspath(get_connection_file())
+    except Exception as err:  # not in a kernel started by ipykernel
+        raise KaimonError(
+            "the gate needs a Jupyter kernel (ipykernel) with a connection file; "
+            "run it in a notebook, a console or `kaimon serve`'s own kernels"
+        ) from err
+
+
+def default_namespace(cwd: str | None = None) -> str:
+    """The namespace a session gets when none is given: its project directory's name."""
+    name = Path(cwd or os.getcwd()).resolve().name or "session"
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name).strip("_-")
+    return cleaned or "session"
+
+
+class Gate:
+    """The gate of one IPython kernel. Use :func:`serve` / :func:`stop` rather than this."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.info: SessionInfo | None = None
+        self.servers: dict[str, ServerLink] = {}
+        self._registered = False
+        atexit.register(self._remove_session_file)
+
+    @property
+    def serving(self) -> bool:
+        return self.info is not None
+
+    def serve(
+        self,
+        *,
+        namespace: str | None = None,
+        label: str | None = None,
+        description: str = "",
+        allow_mirror: bool = True,
+        allow_restart: bool = True,
+        started_by: Literal["person", "agent"] = "person",
+        key: str | None = None,
+    ) -> SessionInfo:
+        self._register_target()
+        session_id = self.info.session_id if self.info else uuid.uuid4().hex
+        ns = namespace or (self.info.namespace if self.info else default_namespace())
+        self.info = SessionInfo(
+            session_id=session_id,
+            key=key or (self.info.key if self.info else session_id[:8]),
+            pid=os.getpid(),
+            connection_file=_connection_file(),
+            namespace=ns,
+            label=label or (self.info.label if self.info else ns),
+            description=description or (self.info.description if self.info else ""),
+            cwd=os.getcwd(),
+            python_version=platform.python_version(),
+            started_at=self.info.started_at if self.info else time.time(),
+            started_by=started_by,
+            allow_mirror=allow_mirror,
+            allow_restart=allow_restart,
+        )
+        write_private(session_file_for(self.info.key), self.info.model_dump_json(indent=1))
+        return self.info
+
+    def stop(self) -> bool:
+        """Withdraw the kernel from agents. Returns whether it was served."""
+        if self.info is None:
+            return False
+        for link in list(self.servers.values()):
+            try:
+                link.comm.close()
+            except Exception:
+                logger.debug("closing comm failed", exc_info=True)
+        self.servers.clear()
+        self._remove_session_file()
+        self.info = None
+        return True
+
+    def _remove_session_file(self) -> None:
+        if self.info is not None:
+            session_file_for(self.info.key).unlink(missing_ok=True)
+
+    def _register_target(self) -> None:
+        if self._registered:
+            return
+        kernel = getattr(self.shell, "kernel", None)
+        comm_manager = getattr(kernel, "comm_manager", None)
+        if comm_manager is None:
+            raise KaimonError("this IPython shell has no Jupyter kernel; the gate needs one")
+        comm_manager.register_target(COMM_TARGET, self._on_comm_open)
+        self._registered = True
+
+    def _on_comm_open(self, comm: Any, msg: dict[str, Any]) -> None:
+        data = msg["content"].get("data") or {}
+        try:
+            hello = parse_server_message(data)
+            check_protocol(hello.protocol_version, who="the kaimon server")
+            if self.info is None:
+                raise KaimonError("this kernel is not served (run %kaimon serve)")
+        except (ProtocolMismatch, KaimonError, ValueError) as err:
+            comm.send(Refused(reason=str(err)).model_dump(mode="json"))
+            comm.close()
+            return
+        self.servers[comm.comm_id] = ServerLink(hello.server_pid, time.time(), comm)
+        comm.on_close(lambda _msg: self.servers.pop(comm.comm_id, None))
+        comm.send(Welcome(session=self.info).model_dump(mode="json"))
+
+    def status_text(self) -> str:
+        if self.info is None:
+            return "kaimon: not serving. Run `%kaimon serve` to share this kernel with agents."
+        i = self.info
+        lines = [
+            f"kaimon: serving session {i.key} (label {i.label!r}, namespace {i.namespace!r})",
+            f"  session file:    {session_file_for(i.key)}",
+            f"  connection file: {i.connection_file}",
+            f"  allow_mirror={i.allow_mirror} allow_restart={i.allow_restart}"
+            f" started_by={i.started_by}",
+        ]
+        if self.servers:
+            for link in self.servers.values():
+                age = time.time() - link.since
+                lines.append(f"  connected: kaimon server pid {link.server_pid} ({age:.0f} s ago)")
+        else:
+            lines.append("  no kaimon server has connected yet (start one with `kaimon serve`)")
+        return "\n".join(lines)
+
+
+_gate: Gate | None = None
+
+
+def current_gate(shell: Any | None = None) -> Gate:
+    """The gate of the running kernel, created on first use."""
+    global _gate
+    if _gate is None:
+        if shell is None:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        if shell is None:
+            raise KaimonError("kaimon's gate runs inside an IPython kernel; none is running here")
+        _gate = Gate(shell)
+    return _gate
+
+
+def serve(
+    *,
+    namespace: str | None = None,
+    label: str | None = None,
+    description: str = "",
+    allow_mirror: bool = True,
+    allow_restart: bool = True,
+) -> SessionInfo:
+    """Share this kernel with agents: the kaimon server will list it and run code in it.
+
+    ``namespace`` prefixes the session's tool names (default: the working directory's name);
+    ``label`` is the name agents use to pick the session (default: the namespace).
+    ``allow_mirror`` / ``allow_restart`` say whether an agent may turn on mirroring or
+    restart the kernel. Calling it again updates the session and keeps its key.
+    """
+    return current_gate().serve(
+        namespace=namespace,
+        label=label,
+        description=description,
+        allow_mirror=allow_mirror,
+        allow_restart=allow_restart,
+    )
+
+
+def stop() -> bool:
+    """Withdraw this kernel from agents. Returns whether it was being served."""
+    return current_gate().stop()

@@ -1,0 +1,87 @@
+"""The ``%kaimon`` line magic: how the person serves, inspects and withdraws the gate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from ._gate import current_gate
+
+__all__ = ["KaimonMagics", "autoserve_from_env"]
+
+USAGE = """\
+%kaimon serve [--namespace NS] [--label LABEL] [--description TEXT] [--no-mirror] [--no-restart]
+%kaimon status
+%kaimon stop"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would sys.exit() the kernel's thread
+        raise ValueError(f"{message}\nusage:\n{USAGE}")
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="%kaimon", add_help=False)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    s = sub.add_parser("serve", add_help=False)
+    s.add_argument("--namespace")
+    s.add_argument("--label")
+    s.add_argument("--description", default="")
+    s.add_argument("--no-mirror", dest="allow_mirror", action="store_false")
+    s.add_argument("--no-restart", dest="allow_restart", action="store_false")
+    sub.add_parser("status", add_help=False)
+    sub.add_parser("stop", add_help=False)
+    return p
+
+
+@magics_class
+class KaimonMagics(Magics):
+    @line_magic
+    def kaimon(self, line: str) -> None:
+        """Share this kernel with AI agents. ``%kaimon`` alone prints the usage."""
+        try:
+            args = _parser().parse_args(shlex.split(line))
+        except ValueError as err:
+            print(f"%kaimon: {err}")
+            return
+        gate = current_gate(self.shell)
+        if args.command is None:
+            print(USAGE)
+        elif args.command == "serve":
+            info = gate.serve(
+                namespace=args.namespace,
+                label=args.label,
+                description=args.description,
+                allow_mirror=args.allow_mirror,
+                allow_restart=args.allow_restart,
+            )
+            print(
+                f"kaimon: serving session {info.key} (label {info.label!r}). "
+                "Agents connected to `kaimon serve` can now run code here."
+            )
+        elif args.command == "status":
+            print(gate.status_text())
+        elif args.command == "stop":
+            was = gate.stop()
+            print("kaimon: stopped; agents no longer see this kernel." if was
+                  else "kaimon: this kernel was not being served.")
+
+
+def autoserve_from_env(shell: Any) -> None:
+    """Serve at start when the kernel was launched to be served (kernelspec, agent start).
+
+    The variables are removed so that processes the kernel starts do not inherit them.
+    """
+    if os.environ.pop("KAIMON_AUTOSERVE", "") not in ("1", "true", "yes"):
+        return
+    started_by = os.environ.pop("KAIMON_STARTED_BY", "person")
+    current_gate(shell).serve(
+        namespace=os.environ.pop("KAIMON_NAMESPACE", None) or None,
+        label=os.environ.pop("KAIMON_LABEL", None) or None,
+        key=os.environ.pop("KAIMON_SESSION_KEY", None) or None,
+        started_by="agent" if started_by == "agent" else "person",
+    )

@@ -1,0 +1,406 @@
+"""One served kernel as the server sees it: an async jupyter_client over its own channels.
+
+A reader task per channel routes every message by ``parent_header.msg_id`` to the execution
+that caused it; messages of other clients (the person's cells) update :class:`Activity`.
+A liveness task notices a dead kernel and fails whatever waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from queue import Empty
+from typing import Any, Literal
+
+from jupyter_client.asynchronous import AsyncKernelClient
+
+from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
+from .._protocol import (
+    COMM_TARGET,
+    Hello,
+    Refused,
+    SessionInfo,
+    Welcome,
+    check_protocol,
+    parse_gate_message,
+)
+from ._output import OutputCapture
+
+__all__ = ["Activity", "Execution", "KernelSession", "pid_alive"]
+
+logger = logging.getLogger(__name__)
+
+ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Execution:
+    """One execute_request sent by the server, and everything it produced."""
+
+    msg_id: str
+    code: str
+    capture: OutputCapture
+    sent_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: ExecStatus = "queued"
+    execution_count: int | None = None
+    reason: str = ""
+    quiet: bool = False
+    last_output_at: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _reply: dict[str, Any] | None = None
+    _idle: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.sent_at
+
+    def feed_iopub(self, msg: dict[str, Any]) -> None:
+        kind = msg["header"]["msg_type"]
+        content = msg["content"]
+        if kind == "status":
+            if content["execution_state"] == "busy" and self.started_at is None:
+                self.started_at = time.monotonic()
+                self.status = "running"
+            elif content["execution_state"] == "idle":
+                self._idle = True
+        elif kind == "stream":
+            self.capture.add_text(content.get("text", ""))
+        elif kind == "execute_result" and self.quiet:
+            return
+        elif kind in ("execute_result", "display_data", "update_display_data"):
+            self.capture.add_bundle(content.get("data", {}))
+        elif kind == "error":
+            self.capture.add_error(
+                content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", [])
+            )
+        else:
+            return
+        if kind != "status":
+            self.last_output_at = time.monotonic()
+        self._maybe_finish()
+        self.changed.set()
+
+    def feed_reply(self, msg: dict[str, Any]) -> None:
+        self._reply = msg["content"]
+        self.execution_count = self._reply.get("execution_count")
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._reply is None or not self._idle or self.done.is_set():
+            return
+        status = self._reply.get("status")
+        if status == "ok":
+            self.status = "ok"
+        elif status == "aborted":
+            self.status = "aborted"
+            self.reason = "the kernel aborted this request (an earlier cell failed or it was interrupted)"
+        else:
+            self.status = "error"
+            if self.capture.error is None:  # an error reply with no error message on iopub
+                self.capture.add_error(
+                    self._reply.get("ename", "Error"),
+                    self._reply.get("evalue", ""),
+                    self._reply.get("traceback", []),
+                )
+        self._finish()
+
+    def fail(self, status: ExecStatus, reason: str) -> None:
+        if self.done.is_set():
+            return
+        self.status = status
+        self.reason = reason
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished_at = time.monotonic()
+        self.done.set()
+        self.changed.set()
+
+
+@dataclass
+class Activity:
+    """What the kernel is doing for other clients (the person's cells), from iopub."""
+
+    busy_code: str | None = None
+    busy_since: float | None = None
+    busy_parent: str | None = None
+
+    def describe(self) -> str:
+        if self.busy_since is None:
+            return "idle"
+        first = (self.busy_code or "").strip().splitlines()[:1]
+        what = f" running {first[0][:80]!r}" if first else ""
+        return f"busy{what} (the person's cell, for {time.monotonic() - self.busy_since:.0f} s)"
+
+
+class KernelSession:
+    """The server's connection to one served kernel."""
+
+    def __init__(self, info: SessionInfo, *, server_pid: int | None = None) -> None:
+        self.info = info
+        self.server_pid = server_pid or os.getpid()
+        self.client = AsyncKernelClient()
+        self.activity = Activity()
+        self.executions: dict[str, Execution] = {}
+        self.state: Literal["connecting", "ready", "refused", "dead", "closed"] = "connecting"
+        self.problem = ""
+        self.gate_connected = False
+        self._comm_id = uuid.uuid4().hex
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._iopub_seen: dict[str, asyncio.Event] = {}
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self, timeout: float = 15.0) -> None:
+        """Open the kernel's channels and wait until iopub is delivering; never raises."""
+        try:
+            check_protocol(self.info.protocol_version, who=f"the gate of session {self.key}")
+            with open(self.info.connection_file) as f:
+                self.client.load_connection_info(json.load(f))
+            self.client.start_channels(hb=False)
+            for name, reader in (
+                ("iopub", self._read_iopub),
+                ("shell", self._read_shell),
+                ("control", self._read_control),
+            ):
+                self._tasks.append(asyncio.create_task(reader(), name=f"{name}-{self.key}"))
+            self._tasks.append(asyncio.create_task(self._watch_alive(), name=f"alive-{self.key}"))
+            await self._handshake(timeout)
+            self._open_gate_comm()
+            self.state = "ready"
+        except ProtocolMismatch as err:
+            self.state, self.problem = "refused", str(err)
+        except KernelTimeout as err:
+            self.problem = str(err)
+            self.state = "dead" if not self.alive() else "connecting"
+        except (OSError, ValueError) as err:
+            self.state = "dead"
+            self.problem = f"cannot read the connection file {self.info.connection_file}: {err}"
+        except Exception as err:
+            logger.exception("connecting to session %s failed", self.key)
+            self.state, self.problem = "dead", f"connecting failed: {err}"
+        finally:
+            self._ready.set()
+
+    async def wait_ready(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _handshake(self, timeout: float) -> None:
+        """kernel_info on the control channel (answered even while a cell runs) until iopub
+        shows its status message: then no output of ours can be missed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.client.session.msg("kernel_info_request")
+            seen = self._iopub_seen[msg["header"]["msg_id"]] = asyncio.Event()
+            self.client.control_channel.send(msg)
+            try:
+                await asyncio.wait_for(seen.wait(), 0.5)
+                return
+            except asyncio.TimeoutError:
+                if not self.alive():
+                    raise DeadKernelError(f"the kernel of session {self.key} is not running")
+            finally:
+                self._iopub_seen.pop(msg["header"]["msg_id"], None)
+        raise KernelTimeout(f"the kernel of session {self.key} did not answer within {timeout:.0f} s")
+
+    def _open_gate_comm(self) -> None:
+        content = {
+            "comm_id": self._comm_id,
+            "target_name": COMM_TARGET,
+            "data": Hello(server_pid=self.server_pid).model_dump(mode="json"),
+        }
+        self.client.shell_channel.send(self.client.session.msg("comm_open", content))
+
+    async def close(self, reason: str = "closed") -> None:
+        self._fail_pending("dead" if reason != "closed" else "aborted", reason)
+        if self.state != "dead":
+            self.state = "closed"
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+
+    def alive(self) -> bool:
+        return pid_alive(self.info.pid)
+
+    def mark_dead(self, reason: str) -> None:
+        self.state = "dead"
+        self.problem = reason
+        self._fail_pending("dead", reason)
+
+    def _fail_pending(self, status: ExecStatus, reason: str) -> None:
+        for ex in list(self.executions.values()):
+            ex.fail(status, reason)
+
+    async def _watch_alive(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.alive():
+                self.mark_dead(
+                    f"the kernel of session {self.key} (pid {self.info.pid}) died; "
+                    "its state is gone. Start a new session or restart the kernel."
+                )
+                return
+
+    # -- readers ---------------------------------------------------------------------------
+
+    async def _read(self, channel: Any, handle: Any) -> None:
+        while True:
+            try:
+                msg = await channel.get_msg(timeout=1.0)
+            except Empty:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.debug("bad message on session %s", self.key, exc_info=True)
+                continue
+            try:
+                handle(msg)
+            except Exception:
+                logger.exception("handling a %s message failed", msg["header"].get("msg_type"))
+
+    async def _read_iopub(self) -> None:
+        await self._read(self.client.iopub_channel, self._on_iopub)
+
+    async def _read_shell(self) -> None:
+        await self._read(self.client.shell_channel, self._on_shell)
+
+    async def _read_control(self) -> None:
+        await self._read(self.client.control_channel, self._on_control)
+
+    def _on_iopub(self, msg: dict[str, Any]) -> None:
+        parent = msg["parent_header"]
+        parent_id = parent.get("msg_id")
+        kind = msg["header"]["msg_type"]
+        if parent_id in self._iopub_seen:
+            self._iopub_seen[parent_id].set()
+        ex = self.executions.get(parent_id)
+        if ex is not None:
+            ex.feed_iopub(msg)
+            if ex.done.is_set():
+                self.executions.pop(parent_id, None)
+            return
+        if kind in ("comm_msg", "comm_close") and msg["content"].get("comm_id") == self._comm_id:
+            self._on_gate_message(kind, msg["content"].get("data") or {})
+            return
+        if parent.get("msg_type") != "execute_request":
+            return
+        if kind == "status" and msg["content"]["execution_state"] == "busy":
+            self.activity.busy_since = time.monotonic()
+            self.activity.busy_parent = parent_id
+            self.activity.busy_code = None
+        elif kind == "execute_input" and parent_id == self.activity.busy_parent:
+            self.activity.busy_code = msg["content"].get("code", "")
+        elif kind == "status" and parent_id == self.activity.busy_parent:
+            self.activity.busy_since = self.activity.busy_parent = self.activity.busy_code = None
+
+    def _on_shell(self, msg: dict[str, Any]) -> None:
+        parent_id = msg["parent_header"].get("msg_id")
+        ex = self.executions.get(parent_id)
+        if ex is not None and msg["header"]["msg_type"] == "execute_reply":
+            ex.feed_reply(msg)
+            if ex.done.is_set():
+                self.executions.pop(parent_id, None)
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        fut = self._control_waiters.pop(msg["parent_header"].get("msg_id"), None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _on_gate_message(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "comm_close":
+            self.gate_connected = False
+            return
+        message = parse_gate_message(data)
+        if isinstance(message, Refused):
+            self.state, self.problem = "refused", message.reason
+        elif isinstance(message, Welcome):
+            self.gate_connected = True
+            self.info = message.session
+
+    # -- requests --------------------------------------------------------------------------
+
+    def usable(self) -> None:
+        """Raise a clear error when this session cannot take requests."""
+        if self.state == "refused":
+            raise ProtocolMismatch(self.problem)
+        if self.state == "dead" or not self.alive():
+            raise DeadKernelError(
+                self.problem or f"the kernel of session {self.key} (pid {self.info.pid}) is dead"
+            )
+        if self.state == "closed":
+            raise KaimonError(f"session {self.key} was withdrawn by the person (%kaimon stop)")
+
+    def execute(
+        self, code: str, *, max_output: int = 6000, quiet: bool = False, silent: bool = False
+    ) -> Execution:
+        """Send ``code`` to run; the returned :class:`Execution` fills in as the kernel works."""
+        self.usable()
+        msg = self.client.session.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": silent,
+                "store_history": not silent,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": False,
+            },
+        )
+        ex = Execution(msg["header"]["msg_id"], code, OutputCapture(limit=max_output), quiet=quiet)
+        self.executions[ex.msg_id] = ex
+        self.client.shell_channel.send(msg)
+        return ex
+
+    async def control_request(
+        self, msg_type: str, content: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        self.usable()
+        msg = self.client.session.msg(msg_type, content or {})
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._control_waiters[msg["header"]["msg_id"]] = fut
+        self.client.control_channel.send(msg)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise KernelTimeout(
+                f"session {self.key} did not answer {msg_type} within {timeout:.0f} s"
+            ) from None
+        finally:
+            self._control_waiters.pop(msg["header"]["msg_id"], None)

@@ -1,0 +1,116 @@
+"""Kernels the server starts itself (for an agent): ipykernel with the gate served at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.connect import write_connection_file
+from jupyter_client.launcher import launch_kernel
+
+from .._errors import KaimonError
+from .._paths import sessions_dir
+from ._discovery import Registry
+from ._kernel import KernelSession
+
+__all__ = ["Launcher", "OwnedKernel"]
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class OwnedKernel:
+    key: str
+    process: subprocess.Popen[bytes]
+    connection_file: str
+    log_file: Path
+
+
+class Launcher:
+    """Starts kernels with the gate served and shuts them down when the server exits."""
+
+    def __init__(self, registry: Registry, python: str | None = None) -> None:
+        self.registry = registry
+        self.python = python or sys.executable
+        self.owned: dict[str, OwnedKernel] = {}
+
+    async def start(self, cwd: str, *, name: str | None = None) -> KernelSession:
+        key = uuid.uuid4().hex[:8]
+        connection_file, _ = write_connection_file(
+            fname=str(Path(sessions_dir()).parent / f"kernel-kaimon-{key}.json"), ip="127.0.0.1"
+        )
+        log_file = sessions_dir() / f"kernel-{key}.log"
+        env = dict(os.environ)
+        env.update(
+            KAIMON_AUTOSERVE="1",
+            KAIMON_STARTED_BY="agent",
+            KAIMON_SESSION_KEY=key,
+        )
+        if name:
+            env["KAIMON_LABEL"] = name
+        cmd = [self.python, "-m", "ipykernel_launcher", "-f", connection_file, "--ext=kaimon_kernel"]
+        with open(log_file, "wb") as log:
+            # The kernel's own stdout must never reach ours: over stdio it is the MCP stream.
+            process = launch_kernel(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=cwd,
+            )
+        owned = OwnedKernel(key, process, connection_file, log_file)
+        self.owned[key] = owned
+        session = await self._wait_served(owned)
+        return session
+
+    async def _wait_served(self, owned: OwnedKernel) -> KernelSession:
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while True:
+            session = await self.registry.wait_for(owned.key, 0.5)
+            if session is not None:
+                return session
+            if owned.process.poll() is not None:
+                self.owned.pop(owned.key, None)
+                raise KaimonError(
+                    f"the kernel exited with code {owned.process.returncode} before serving; "
+                    f"its log ({owned.log_file}) ends with:\n{_tail(owned.log_file)}"
+                )
+            if asyncio.get_running_loop().time() > deadline:
+                await self.shutdown(owned.key)
+                raise KaimonError(
+                    f"the kernel did not serve the gate within {START_TIMEOUT:.0f} s; "
+                    f"log: {owned.log_file}"
+                )
+
+    async def shutdown(self, key: str) -> None:
+        owned = self.owned.pop(key, None)
+        if owned is None:
+            return
+        session = self.registry.sessions.get(key)
+        if session is not None and session.state == "ready":
+            with contextlib.suppress(Exception):
+                await session.control_request("shutdown_request", {"restart": False}, timeout=3)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(owned.process.wait), 5)
+        except asyncio.TimeoutError:
+            owned.process.kill()
+            await asyncio.to_thread(owned.process.wait)
+        with contextlib.suppress(OSError):
+            os.unlink(owned.connection_file)
+        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+
+    async def shutdown_all(self) -> None:
+        await asyncio.gather(*(self.shutdown(k) for k in list(self.owned)), return_exceptions=True)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,234 @@
+"""The MCP tool surface: built on the SDK's MCPServer, backed by :class:`Kaimon`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from pydantic import Field
+
+from .. import __version__
+from .._errors import KaimonError
+from ._core import Kaimon, TrackedEval
+from ._instructions import INSTRUCTIONS
+from ._kernel import Execution, KernelSession
+
+__all__ = ["build_mcp"]
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.25
+WAIT_NOTE_INTERVAL = 5.0
+
+
+def _text(text: str, *, error: bool = False, structured: dict[str, Any] | None = None):
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        is_error=error,
+        structured_content=structured,
+    )
+
+
+def _result_content(execution: Execution, header: str = "") -> list[ContentBlock]:
+    text = execution.capture.text()
+    blocks: list[ContentBlock] = []
+    body = header + (text if text else "")
+    if execution.status == "ok" and not body.strip() and not execution.capture.images:
+        body = "(no output)"
+    if execution.reason:
+        body += ("\n" if body and not body.endswith("\n") else "") + f"[{execution.reason}]"
+    blocks.append(TextContent(type="text", text=body))
+    blocks.extend(
+        ImageContent(type="image", data=img.data, mime_type=img.mime)
+        for img in execution.capture.images
+    )
+    return blocks
+
+
+def _session_row(session: KernelSession) -> dict[str, Any]:
+    info = session.info
+    running = [e for e in session.executions.values() if not e.done.is_set()]
+    if session.state in ("dead", "refused", "connecting", "closed"):
+        status = session.state + (f": {session.problem}" if session.problem else "")
+    elif running:
+        first = running[0].code.strip().splitlines()[:1]
+        status = (
+            f"busy running the agent's {first[0][:60]!r} for {running[0].elapsed:.0f} s"
+            if first else "busy (agent)"
+        )
+    else:
+        status = session.activity.describe()
+    return {
+        "key": info.key,
+        "label": info.label,
+        "description": info.description,
+        "namespace": info.namespace,
+        "status": status,
+        "pid": info.pid,
+        "cwd": info.cwd,
+        "python_version": info.python_version,
+        "started_by": info.started_by,
+        "started_at": info.started_at,
+        "allow_mirror": info.allow_mirror,
+        "allow_restart": info.allow_restart,
+    }
+
+
+def build_mcp(kaimon: Kaimon) -> MCPServer:
+    """The MCP server exposing ``kaimon``'s sessions as tools."""
+    mcp = MCPServer(
+        name="kaimon",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        log_level="WARNING",
+    )
+
+    @mcp.tool()
+    async def ex(
+        code: Annotated[str, Field(description="Python code to run in the session's namespace")],
+        ctx: Context,
+        session: Annotated[
+            str | None, Field(description="session key, label or namespace; optional with one")
+        ] = None,
+        quiet: Annotated[bool, Field(description="drop the last expression's value")] = False,
+        max_output: Annotated[
+            int, Field(ge=200, le=200_000, description="characters of output returned at most")
+        ] = 6000,
+    ) -> CallToolResult:
+        """Run Python code in a live Jupyter kernel shared with the person.
+
+        Returns what the person would see: stdout/stderr, the value of the last expression,
+        errors with traceback, images. Output beyond max_output characters is cut to head and
+        tail. Code running longer than the server's promote_after returns an eval_id; poll
+        it with check_eval."""
+        try:
+            target, note = await kaimon.session_for(session)
+            execution = target.execute(code, max_output=max_output, quiet=quiet)
+        except KaimonError as err:
+            return _text(str(err), error=True)
+        try:
+            header = note + ("\n" if note else "")
+            waited = await _follow(target, execution, ctx, kaimon.options.promote_after)
+        except asyncio.CancelledError:
+            kaimon.track(target, execution)  # the client gave up; the code still runs
+            raise
+        if waited:
+            header += f"[waited {waited:.1f} s for the kernel to finish other work first]\n"
+        if not execution.done.is_set():
+            tracked = kaimon.track(target, execution)
+            return _promoted(tracked, header, kaimon.options.promote_after)
+        return CallToolResult(
+            content=_result_content(execution, header),
+            is_error=execution.status != "ok",
+        )
+
+    @mcp.tool()
+    async def check_eval(
+        eval_id: Annotated[str, Field(description="the id an ex reply gave, or a unique prefix")],
+    ) -> CallToolResult:
+        """Status, elapsed time and output so far of an evaluation that outlived its ex call;
+        the full result once it is done."""
+        try:
+            tracked = kaimon.find_eval(eval_id)
+        except KaimonError as err:
+            return _text(str(err), error=True)
+        execution = tracked.execution
+        state = "running" if not execution.done.is_set() else execution.status
+        since = (
+            f", last output {time.monotonic() - execution.last_output_at:.0f} s ago"
+            if execution.last_output_at else ""
+        )
+        header = (
+            f"eval_id: {tracked.eval_id}\nsession: {tracked.session_key}\nstatus: {state}\n"
+            f"elapsed: {execution.elapsed:.1f} s{since}\n---\n"
+        )
+        return CallToolResult(
+            content=_result_content(execution, header),
+            is_error=execution.done.is_set() and execution.status != "ok",
+            structured_content={"eval_id": tracked.eval_id, "status": state},
+        )
+
+    @mcp.tool(structured_output=True)
+    async def list_sessions() -> CallToolResult:
+        """The kernels shared with agents: key, label, status, pid, cwd, Python version."""
+        rows = [_session_row(s) for s in kaimon.registry.sessions.values()]
+        if not rows:
+            text = (
+                "No kernel is served. The person can run `%load_ext kaimon_kernel` then "
+                "`%kaimon serve` in a notebook"
+                + ("; or call ex and a kernel is started for you." if kaimon.options.auto_start
+                   else ".")
+            )
+        else:
+            text = "\n".join(
+                f"{r['key']}  label={r['label']!r}  {r['status']}  pid={r['pid']}  "
+                f"python {r['python_version']}  started_by={r['started_by']}  cwd={r['cwd']}"
+                + (f"\n    {r['description']}" if r["description"] else "")
+                for r in rows
+            )
+        return _text(text, structured={"sessions": rows})
+
+    @mcp.tool()
+    async def usage_instructions() -> CallToolResult:
+        """How to work with kaimon sessions: read this first."""
+        return _text(INSTRUCTIONS)
+
+    return mcp
+
+
+def _promoted(tracked: TrackedEval, header: str, after: float) -> CallToolResult:
+    execution = tracked.execution
+    text = execution.capture.text()
+    body = (
+        f"{header}[still running after {after:g} s; it continues in the kernel. "
+        f"Poll with check_eval(eval_id={tracked.eval_id!r}).]\n"
+        f"eval_id: {tracked.eval_id}\n"
+        + (f"--- output so far ---\n{text}" if text else "")
+    )
+    return _text(body, structured={"eval_id": tracked.eval_id, "status": "running"})
+
+
+async def _follow(
+    session: KernelSession, execution: Execution, ctx: Context, promote_after: float
+) -> float:
+    """Stream ``execution``'s output as progress until it ends or ``promote_after`` passes.
+
+    Returns how long the code waited for the kernel before it started (0 if it did not).
+    """
+    deadline = time.monotonic() + promote_after if promote_after > 0 else None
+    sent = 0
+    last_wait_note = 0.0
+    while not execution.done.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        timeout = PROGRESS_INTERVAL
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(execution.changed.wait(), timeout)
+        execution.changed.clear()
+        message = execution.capture.take_new()
+        if not message and execution.started_at is None:
+            now = time.monotonic()
+            if now - execution.sent_at > 1.0 and now - last_wait_note >= WAIT_NOTE_INTERVAL:
+                last_wait_note = now
+                busy = session.activity.describe()
+                message = (
+                    f"[waiting: the kernel is {busy}; this code starts when it is free]"
+                    if busy != "idle"
+                    else "[waiting: the kernel has not started this code yet; it is running "
+                    "another client's request]"
+                )
+        if message:
+            sent += 1
+            with contextlib.suppress(Exception):
+                await ctx.report_progress(sent, None, message)
+    if execution.started_at is None:
+        return 0.0
+    waited = execution.started_at - execution.sent_at
+    return waited if waited > 1.0 else 0.0

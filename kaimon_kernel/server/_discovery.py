@@ -46,6 +46,7 @@ class Registry:
         self.on_change: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
         self._scan_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Scan now, then on every file event and every second (for dead pids)."""
@@ -100,15 +101,22 @@ class Registry:
                     continue
                 if current is not None:  # same key, new process: a restart
                     await current.close("the kernel was restarted")
-                session = KernelSession(info)
+                session = KernelSession(info, on_dead=self._rescan_soon)
                 self.sessions[key] = session
-                asyncio.create_task(session.connect(), name=f"connect-{key}")
+                task = asyncio.create_task(session.connect(), name=f"connect-{key}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
                 changed = True
             if changed:
                 self._changed.set()
                 self._changed = asyncio.Event()
                 for callback in self.on_change:
                     callback()
+
+    def _rescan_soon(self) -> None:
+        task = asyncio.create_task(self.scan())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def wait_for(self, key: str, timeout: float) -> KernelSession | None:
         """Wait until session ``key`` is known and connected, or the deadline passes."""

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from queue import Empty
 from typing import Any, Literal
@@ -160,8 +161,15 @@ class Activity:
 class KernelSession:
     """The server's connection to one served kernel."""
 
-    def __init__(self, info: SessionInfo, *, server_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        info: SessionInfo,
+        *,
+        server_pid: int | None = None,
+        on_dead: Callable[[], object] | None = None,
+    ) -> None:
         self.info = info
+        self._on_dead = on_dead
         self.server_pid = server_pid or os.getpid()
         self.client = AsyncKernelClient()
         self.activity = Activity()
@@ -275,6 +283,8 @@ class KernelSession:
                     f"the kernel of session {self.key} (pid {self.info.pid}) died; "
                     "its state is gone. Start a new session or restart the kernel."
                 )
+                if self._on_dead is not None:
+                    self._on_dead()
                 return
 
     # -- readers ---------------------------------------------------------------------------

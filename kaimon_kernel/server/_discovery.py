@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
@@ -43,7 +42,6 @@ class Registry:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory or sessions_dir()
         self.sessions: dict[str, KernelSession] = {}
-        self.on_change: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -110,8 +108,6 @@ class Registry:
             if changed:
                 self._changed.set()
                 self._changed = asyncio.Event()
-                for callback in self.on_change:
-                    callback()
 
     def _rescan_soon(self) -> None:
         task = asyncio.create_task(self.scan())

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from queue import Empty
 from typing import Any, Literal
 
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -71,7 +70,6 @@ class Execution:
     quiet: bool = False
     last_output_at: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     _reply: dict[str, Any] | None = None
     _idle: bool = False
 
@@ -103,7 +101,6 @@ class Execution:
         if kind != "status":
             self.last_output_at = time.monotonic()
         self._maybe_finish()
-        self.changed.set()
 
     def feed_reply(self, msg: dict[str, Any]) -> None:
         self._reply = msg["content"]
@@ -139,7 +136,6 @@ class Execution:
     def _finish(self) -> None:
         self.finished_at = time.monotonic()
         self.done.set()
-        self.changed.set()
 
 
 @dataclass
@@ -290,15 +286,14 @@ class KernelSession:
     # -- readers ---------------------------------------------------------------------------
 
     async def _read(self, channel: Any, handle: Any) -> None:
+        session = channel.session
         while True:
+            frames = await channel.socket.recv_multipart()
             try:
-                msg = await channel.get_msg(timeout=1.0)
-            except Empty:
-                continue
-            except asyncio.CancelledError:
-                raise
+                _, frames = session.feed_identities(frames)
+                msg = session.deserialize(frames)
             except Exception:
-                logger.debug("bad message on session %s", self.key, exc_info=True)
+                logger.warning("dropping an unreadable message from session %s", self.key)
                 continue
             try:
                 handle(msg)

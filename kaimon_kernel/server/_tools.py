@@ -209,9 +209,11 @@ async def _follow(
         timeout = PROGRESS_INTERVAL
         if deadline is not None:
             timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
+        # Wake on completion only; output is batched per interval, so short code sends nothing.
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(execution.changed.wait(), timeout)
-        execution.changed.clear()
+            await asyncio.wait_for(execution.done.wait(), timeout)
+        if execution.done.is_set():
+            break
         message = execution.capture.take_new()
         if not message and execution.started_at is None:
             now = time.monotonic()

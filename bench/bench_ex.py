@@ -1,0 +1,145 @@
+"""ex("1+1") through kaimon (stdio, HTTP) against the raw jupyter_client floor, same kernel.
+
+    python bench/bench_ex.py [--n 200]
+
+Prints p50/p99 in ms and the ratio to the raw round trip, then the time for a 10 MB print
+to reach the agent and the server's peak memory. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
+for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
+    os.environ[name] = str(ROOT / name.lower())
+os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+TOKEN = "bench-token-0123456789abcdef"
+
+import httpx2  # noqa: E402
+from jupyter_client.manager import KernelManager  # noqa: E402
+from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(int(len(s) * q), len(s) - 1)] * 1000
+
+
+async def raw_floor(cf: str, n: int) -> list[float]:
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    kc = AsyncKernelClient(connection_file=cf)
+    kc.load_connection_file()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=30)
+    out = []
+    for _ in range(n + 10):
+        t = time.perf_counter()
+        msg_id = kc.execute("1+1")
+        idle = reply = False
+        while not (idle and reply):
+            if not reply:
+                r = await kc.get_shell_msg(timeout=10)
+                reply = r["parent_header"].get("msg_id") == msg_id
+            if not idle:
+                m = await kc.get_iopub_msg(timeout=10)
+                idle = (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
+                        and m["content"]["execution_state"] == "idle")
+        out.append(time.perf_counter() - t)
+    kc.stop_channels()
+    return out[10:]
+
+
+async def mcp_loop(client: Client, n: int) -> list[float]:
+    out = []
+    for _ in range(n + 10):
+        t = time.perf_counter()
+        r = await client.call_tool("ex", {"code": "1+1"})
+        out.append(time.perf_counter() - t)
+        assert r.content[0].text.strip() == "2", r
+    return out[10:]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main(n: int) -> None:
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=30)
+    kc.execute_interactive("%load_ext kaimon_kernel\n%kaimon serve --label bench", timeout=30)
+
+    results: dict[str, list[float]] = {}
+    results["raw jupyter_client"] = await raw_floor(km.connection_file, n)
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "kaimon_kernel", "serve"],
+                                   env=dict(os.environ))
+    async with Client(params, read_timeout_seconds=60) as client:
+        results["kaimon stdio"] = await mcp_loop(client, n)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kaimon_kernel", "serve", "--http", "--port", str(port)],
+        env={**os.environ, "KAIMON_TOKEN": TOKEN}, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/mcp"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=60) as http, Client(
+            streamable_http_client(url, http_client=http)
+        ) as client:
+            results["kaimon HTTP"] = await mcp_loop(client, n)
+            before = peak_rss_mb(server.pid)
+            t = time.perf_counter()
+            r = await client.call_tool("ex", {"code": "print('x' * 10_000_000)"})
+            big = time.perf_counter() - t
+            after = peak_rss_mb(server.pid)
+            t = time.perf_counter()
+            await client.call_tool("ex", {"code": "for i in range(100_000): print('y' * 99)"})
+            lines = time.perf_counter() - t
+            lines_peak = peak_rss_mb(server.pid)
+            chars = len(r.content[0].text)
+    finally:
+        server.terminate()
+        server.wait(15)
+        km.shutdown_kernel(now=True)
+
+    floor = statistics.median(results["raw jupyter_client"])
+    print(f"ex('1+1'), n={n}, same kernel, same run")
+    print(f"{'path':22} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
+    for name, samples in results.items():
+        print(f"{name:22} {pct(samples, .5):8.2f} {pct(samples, .99):8.2f} "
+              f"{statistics.median(samples) / floor:9.2f}x")
+    print(f"10 MB print (one write) over HTTP: {big * 1000:.0f} ms to the agent's answer "
+          f"({chars} chars returned); server peak RSS {before:.0f} MB -> {after:.0f} MB")
+    print(f"10 MB print (100k lines) over HTTP: {lines * 1000:.0f} ms; peak RSS {lines_peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    asyncio.run(main(ap.parse_args().n))

@@ -54,8 +54,11 @@ async def raw_floor(cf: str, n: int) -> list[float]:
                 reply = r["parent_header"].get("msg_id") == msg_id
             if not idle:
                 m = await kc.get_iopub_msg(timeout=10)
-                idle = (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
-                        and m["content"]["execution_state"] == "idle")
+                idle = (
+                    m["parent_header"].get("msg_id") == msg_id
+                    and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle"
+                )
         out.append(time.perf_counter() - t)
     kc.stop_channels()
     return out[10:]
@@ -89,8 +92,9 @@ async def main(n: int) -> None:
     results: dict[str, list[float]] = {}
     results["raw jupyter_client"] = await raw_floor(km.connection_file, n)
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "kaimon_kernel", "serve"],
-                                   env=dict(os.environ))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "kaimon_kernel", "serve"], env=dict(os.environ)
+    )
     async with Client(params, read_timeout_seconds=60) as client:
         results["kaimon stdio"] = await mcp_loop(client, n)
 
@@ -99,7 +103,8 @@ async def main(n: int) -> None:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "kaimon_kernel", "serve", "--http", "--port", str(port)],
-        env={**os.environ, "KAIMON_TOKEN": TOKEN}, stderr=subprocess.DEVNULL,
+        env={**os.environ, "KAIMON_TOKEN": TOKEN},
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(200):
@@ -109,9 +114,10 @@ async def main(n: int) -> None:
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/mcp"
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=60) as http, Client(
-            streamable_http_client(url, http_client=http)
-        ) as client:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
             results["kaimon HTTP"] = await mcp_loop(client, n)
             before = peak_rss_mb(server.pid)
             t = time.perf_counter()
@@ -132,11 +138,17 @@ async def main(n: int) -> None:
     print(f"ex('1+1'), n={n}, same kernel, same run")
     print(f"{'path':22} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
     for name, samples in results.items():
-        print(f"{name:22} {pct(samples, .5):8.2f} {pct(samples, .99):8.2f} "
-              f"{statistics.median(samples) / floor:9.2f}x")
-    print(f"10 MB print (one write) over HTTP: {big * 1000:.0f} ms to the agent's answer "
-          f"({chars} chars returned); server peak RSS {before:.0f} MB -> {after:.0f} MB")
-    print(f"10 MB print (100k lines) over HTTP: {lines * 1000:.0f} ms; peak RSS {lines_peak:.0f} MB")
+        print(
+            f"{name:22} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
+            f"{statistics.median(samples) / floor:9.2f}x"
+        )
+    print(
+        f"10 MB print (one write) over HTTP: {big * 1000:.0f} ms to the agent's answer "
+        f"({chars} chars returned); server peak RSS {before:.0f} MB -> {after:.0f} MB"
+    )
+    print(
+        f"10 MB print (100k lines) over HTTP: {lines * 1000:.0f} ms; peak RSS {lines_peak:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Exceptions raised by kaimon.
 
-    KaimonError
-    ├── ProtocolMismatch          gate and server speak different protocol versions
-    ├── SessionNotFound(LookupError)   no session matches what the agent named
-    ├── AmbiguousSession(LookupError)  several sessions and none named
-    ├── DeadKernelError(RuntimeError)  the kernel died or stopped answering
-    └── KernelTimeout(TimeoutError)    a kernel did not answer before a deadline
+KaimonError
+├── ProtocolMismatch          gate and server speak different protocol versions
+├── SessionNotFound(LookupError)   no session matches what the agent named
+├── AmbiguousSession(LookupError)  several sessions and none named
+├── DeadKernelError(RuntimeError)  the kernel died or stopped answering
+└── KernelTimeout(TimeoutError)    a kernel did not answer before a deadline
 """
 
 from __future__ import annotations

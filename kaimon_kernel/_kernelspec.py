@@ -18,7 +18,11 @@ KERNEL_NAME = "python3-kaimon"
 def make_cmd(executable: str | None = None) -> list[str]:
     return [
         executable or sys.executable,
-        "-m", "ipykernel_launcher", "-f", "{connection_file}", "--ext=kaimon_kernel",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+        "--ext=kaimon_kernel",
     ]
 
 

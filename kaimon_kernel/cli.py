@@ -25,20 +25,31 @@ def _env_float(name: str, default: float) -> float:
 def _parser() -> argparse.ArgumentParser:
     from .server._core import DEFAULT_PROMOTE_AFTER
 
-    p = argparse.ArgumentParser(prog="kaimon", description="Share live Jupyter kernels with AI agents over MCP.")
+    p = argparse.ArgumentParser(
+        prog="kaimon", description="Share live Jupyter kernels with AI agents over MCP."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the MCP server (stdio by default)")
     s.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=2828, help="HTTP port (default 2828)")
-    s.add_argument("--no-auth", action="store_true",
-                   help="HTTP without a bearer token (loopback only)")
-    s.add_argument("--no-auto-start", dest="auto_start", action="store_false",
-                   help="never start a kernel when none is served")
-    s.add_argument("--promote-after", type=float, default=None,
-                   help=f"seconds before a running ex returns an eval_id "
-                        f"(default $KAIMON_PROMOTE_AFTER or {DEFAULT_PROMOTE_AFTER:g}; <=0: never)")
+    s.add_argument(
+        "--no-auth", action="store_true", help="HTTP without a bearer token (loopback only)"
+    )
+    s.add_argument(
+        "--no-auto-start",
+        dest="auto_start",
+        action="store_false",
+        help="never start a kernel when none is served",
+    )
+    s.add_argument(
+        "--promote-after",
+        type=float,
+        default=None,
+        help=f"seconds before a running ex returns an eval_id "
+        f"(default $KAIMON_PROMOTE_AFTER or {DEFAULT_PROMOTE_AFTER:g}; <=0: never)",
+    )
     s.add_argument("--log-level", default="WARNING")
 
     t = sub.add_parser("token", help="print the HTTP bearer token (generated once, stored 0600)")
@@ -73,8 +84,11 @@ def _run(args: argparse.Namespace) -> int:
         from .server._http import check_bind
         from .server._run import serve_forever
 
-        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                            format="kaimon %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="kaimon %(levelname)s %(name)s: %(message)s",
+        )
         promote = args.promote_after
         if promote is None:
             promote = _env_float("KAIMON_PROMOTE_AFTER", DEFAULT_PROMOTE_AFTER)

@@ -130,7 +130,9 @@ def server_args(*extra: str) -> list[str]:
 @contextlib.asynccontextmanager
 async def stdio_client(*extra: str, cwd: Path | None = None, **kw: Any) -> AsyncIterator[Client]:
     params = StdioServerParameters(
-        command=sys.executable, args=server_args(*extra), env=dict(os.environ),
+        command=sys.executable,
+        args=server_args(*extra),
+        env=dict(os.environ),
         cwd=str(cwd) if cwd else None,
     )
     async with Client(params, read_timeout_seconds=120, **kw) as client:

@@ -60,7 +60,9 @@ def test_the_kaimon_kernelspec_serves_the_gate_at_start(tmp_path: Path) -> None:
     spec_dir = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "python3-kaimon"
     done = subprocess.run(
         [sys.executable, "-m", "kaimon_kernel", "kernelspec", "install", "--user"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     spec = json.loads((spec_dir / "kernel.json").read_text())

@@ -33,9 +33,10 @@ def authed(token: str | None) -> httpx2.AsyncClient:
 
 async def test_ex_over_http_with_the_token(person: PersonKernel, http_server: HttpServer) -> None:
     person.run("z = 'from the person'")
-    async with authed(TOKEN) as http, Client(
-        streamable_http_client(http_server.url, http_client=http)
-    ) as client:
+    async with (
+        authed(TOKEN) as http,
+        Client(streamable_http_client(http_server.url, http_client=http)) as client,
+    ):
         result = await client.call_tool("ex", {"code": "z.upper()"})
         listing = await client.call_tool("list_sessions", {})
     assert text_of(result).strip() == "'FROM THE PERSON'"
@@ -43,9 +44,10 @@ async def test_ex_over_http_with_the_token(person: PersonKernel, http_server: Ht
 
 
 async def test_the_older_protocol_version_works_too(person: PersonKernel, http_server) -> None:
-    async with authed(TOKEN) as http, Client(
-        streamable_http_client(http_server.url, http_client=http), mode="legacy"
-    ) as client:
+    async with (
+        authed(TOKEN) as http,
+        Client(streamable_http_client(http_server.url, http_client=http), mode="legacy") as client,
+    ):
         result = await client.call_tool("ex", {"code": "2 ** 10"})
     assert text_of(result).strip() == "1024"
 
@@ -66,7 +68,10 @@ async def test_requests_without_the_right_token_get_401(http_server: HttpServer,
 def kaimon(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kaimon_kernel", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 

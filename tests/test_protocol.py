@@ -18,7 +18,7 @@ from kaimon_kernel._protocol import (
 
 
 def test_a_version_mismatch_is_explained_plainly() -> None:
-    with pytest.raises(ProtocolMismatch, match="speaks kaimon protocol 99.*same kaimon-kernel"):
+    with pytest.raises(ProtocolMismatch, match=r"speaks kaimon protocol 99.*same kaimon-kernel"):
         check_protocol(99, who="the gate")
 
 

@@ -121,7 +121,7 @@ async def test_two_sessions_need_a_name_and_each_name_kind_selects(make_person) 
 
 async def test_a_kernel_killed_mid_ex_is_reported_and_others_keep_working(make_person) -> None:
     doomed = make_person("--label doomed")
-    other = make_person("--label other")
+    make_person("--label other")
     async with stdio_client("--promote-after", "120") as client:
         call = asyncio.create_task(
             client.call_tool("ex", {"code": "import time; time.sleep(100)", "session": "doomed"})
@@ -162,8 +162,9 @@ async def test_a_stale_session_file_from_a_dead_pid_is_cleaned(person: PersonKer
     info = (sessions_dir() / f"session-{person.key}.json").read_text()
     proc = await asyncio.create_subprocess_exec("true")
     await proc.wait()
-    stale.write_text(info.replace(person.key, "deadbeef").replace(
-        f'"pid": {person.pid}', f'"pid": {proc.pid}'))
+    stale.write_text(
+        info.replace(person.key, "deadbeef").replace(f'"pid": {person.pid}', f'"pid": {proc.pid}')
+    )
     async with stdio_client() as client:
         listing = await client.call_tool("list_sessions", {})
     assert [r["key"] for r in listing.structured_content["sessions"]] == [person.key]
@@ -180,9 +181,7 @@ async def test_a_busy_kernel_tells_the_agent_what_it_waits_on(person: PersonKern
         await client.call_tool("list_sessions", {})
         person.kc.execute("import time; time.sleep(4)  # the person's long cell")
         await asyncio.sleep(0.5)
-        result = await client.call_tool(
-            "ex", {"code": "'after'"}, progress_callback=on_progress
-        )
+        result = await client.call_tool("ex", {"code": "'after'"}, progress_callback=on_progress)
     assert text_of(result).endswith("'after'\n")
     assert "[waited" in text_of(result)
     waiting = [m for m in messages if m.startswith("[waiting")]
@@ -226,3 +225,29 @@ async def test_no_auto_start_refuses_with_advice() -> None:
         result = await client.call_tool("ex", {"code": "1"})
     assert result.is_error
     assert "%kaimon serve" in text_of(result)
+
+
+async def test_code_waiting_on_the_persons_cell_is_promoted_with_the_reason(person) -> None:
+    async with stdio_client("--promote-after", "1") as client:
+        await client.call_tool("list_sessions", {})
+        person.kc.execute("import time; time.sleep(4)  # person busy")
+        await asyncio.sleep(0.5)
+        result = await client.call_tool("ex", {"code": "'later'"})
+        assert "it has not started yet: the kernel is busy running" in text_of(result)
+        assert "time.sleep(4)" in text_of(result)
+        eval_id = result.structured_content["eval_id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            check = await client.call_tool("check_eval", {"eval_id": eval_id})
+            if check.structured_content["status"] != "running":
+                break
+            await asyncio.sleep(0.2)
+    assert check.structured_content["status"] == "ok"
+    assert text_of(check).endswith("'later'\n")
+
+
+async def test_the_persons_status_shows_the_connected_server(person: PersonKernel) -> None:
+    async with stdio_client() as client:
+        await client.call_tool("ex", {"code": "1"})
+        _, status = person.run("%kaimon status")
+    assert "connected: kaimon server pid" in status

@@ -67,8 +67,11 @@ class KaimonMagics(Magics):
             print(gate.status_text())
         elif args.command == "stop":
             was = gate.stop()
-            print("kaimon: stopped; agents no longer see this kernel." if was
-                  else "kaimon: this kernel was not being served.")
+            print(
+                "kaimon: stopped; agents no longer see this kernel."
+                if was
+                else "kaimon: this kernel was not being served."
+            )
 
 
 def autoserve_from_env(shell: Any) -> None:

@@ -80,10 +80,11 @@ class Kaimon:
                 if self.registry.sessions:  # another call started one meanwhile
                     return self.registry.resolve(None), ""
                 session = await self.launcher.start(self.options.cwd)
+            connection = Path(session.info.connection_file).name
             return session, (
                 f"[kaimon: no kernel was served, so a new one was started for you: session "
                 f"{session.key} in {session.info.cwd} (started by the agent; the person can "
-                f"attach with `jupyter console --existing {Path(session.info.connection_file).name}`)]"
+                f"attach with `jupyter console --existing {connection}`)]"
             )
         await session.wait_ready(10)
         return session, ""

@@ -85,7 +85,8 @@ class Registry:
                     session = self.sessions.pop(key)
                     gone = not session.alive()
                     reason = (
-                        f"the kernel of session {key} died" if gone
+                        f"the kernel of session {key} died"
+                        if gone
                         else f"session {key} was withdrawn by the person (%kaimon stop)"
                     )
                     if gone:

@@ -94,7 +94,9 @@ class Execution:
             self.capture.add_bundle(content.get("data", {}))
         elif kind == "error":
             self.capture.add_error(
-                content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", [])
+                content.get("ename", "Error"),
+                content.get("evalue", ""),
+                content.get("traceback", []),
             )
         else:
             return
@@ -115,7 +117,9 @@ class Execution:
             self.status = "ok"
         elif status == "aborted":
             self.status = "aborted"
-            self.reason = "the kernel aborted this request (an earlier cell failed or it was interrupted)"
+            self.reason = (
+                "the kernel aborted this request (an earlier cell failed or it was interrupted)"
+            )
         else:
             self.status = "error"
             if self.capture.error is None:  # an error reply with no error message on iopub
@@ -233,10 +237,14 @@ class KernelSession:
                 return
             except asyncio.TimeoutError:
                 if not self.alive():
-                    raise DeadKernelError(f"the kernel of session {self.key} is not running")
+                    raise DeadKernelError(
+                        f"the kernel of session {self.key} is not running"
+                    ) from None
             finally:
                 self._iopub_seen.pop(msg["header"]["msg_id"], None)
-        raise KernelTimeout(f"the kernel of session {self.key} did not answer within {timeout:.0f} s")
+        raise KernelTimeout(
+            f"the kernel of session {self.key} did not answer within {timeout:.0f} s"
+        )
 
     def _open_gate_comm(self) -> None:
         content = {

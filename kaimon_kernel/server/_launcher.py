@@ -57,12 +57,23 @@ class Launcher:
         )
         if name:
             env["KAIMON_LABEL"] = name
-        cmd = [self.python, "-m", "ipykernel_launcher", "-f", connection_file, "--ext=kaimon_kernel"]
+        cmd = [
+            self.python,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            connection_file,
+            "--ext=kaimon_kernel",
+        ]
         with open(log_file, "wb") as log:
             # The kernel's own stdout must never reach ours: over stdio it is the MCP stream.
             process = launch_kernel(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
             )
         owned = OwnedKernel(key, process, connection_file, log_file)
         self.owned[key] = owned

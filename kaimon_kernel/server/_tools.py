@@ -59,7 +59,8 @@ def _session_row(session: KernelSession) -> dict[str, Any]:
         first = running[0].code.strip().splitlines()[:1]
         status = (
             f"busy running the agent's {first[0][:60]!r} for {running[0].elapsed:.0f} s"
-            if first else "busy (agent)"
+            if first
+            else "busy (agent)"
         )
     else:
         status = session.activity.describe()
@@ -121,6 +122,11 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             header += f"[waited {waited:.1f} s for the kernel to finish other work first]\n"
         if not execution.done.is_set():
             tracked = kaimon.track(target, execution)
+            if execution.started_at is None:
+                header += (
+                    f"[it has not started yet: the kernel is {target.activity.describe()}; "
+                    "it runs when the kernel is free]\n"
+                )
             return _promoted(tracked, header, kaimon.options.promote_after)
         return CallToolResult(
             content=_result_content(execution, header),
@@ -141,7 +147,8 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         state = "running" if not execution.done.is_set() else execution.status
         since = (
             f", last output {time.monotonic() - execution.last_output_at:.0f} s ago"
-            if execution.last_output_at else ""
+            if execution.last_output_at
+            else ""
         )
         header = (
             f"eval_id: {tracked.eval_id}\nsession: {tracked.session_key}\nstatus: {state}\n"
@@ -161,8 +168,11 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             text = (
                 "No kernel is served. The person can run `%load_ext kaimon_kernel` then "
                 "`%kaimon serve` in a notebook"
-                + ("; or call ex and a kernel is started for you." if kaimon.options.auto_start
-                   else ".")
+                + (
+                    "; or call ex and a kernel is started for you."
+                    if kaimon.options.auto_start
+                    else "."
+                )
             )
         else:
             text = "\n".join(
@@ -187,8 +197,7 @@ def _promoted(tracked: TrackedEval, header: str, after: float) -> CallToolResult
     body = (
         f"{header}[still running after {after:g} s; it continues in the kernel. "
         f"Poll with check_eval(eval_id={tracked.eval_id!r}).]\n"
-        f"eval_id: {tracked.eval_id}\n"
-        + (f"--- output so far ---\n{text}" if text else "")
+        f"eval_id: {tracked.eval_id}\n" + (f"--- output so far ---\n{text}" if text else "")
     )
     return _text(body, structured={"eval_id": tracked.eval_id, "status": "running"})
 

@@ -7,7 +7,7 @@ by hand. Session files are :class:`SessionInfo`; comm messages on :data:`COMM_TA
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -16,10 +16,19 @@ from ._errors import ProtocolMismatch
 __all__ = [
     "COMM_TARGET",
     "PROTOCOL_VERSION",
+    "Block",
+    "CallTool",
+    "CancelCall",
     "GateMessage",
     "Hello",
+    "ImageBlock",
     "ServerMessage",
     "SessionInfo",
+    "TextBlock",
+    "ToolProgress",
+    "ToolResult",
+    "ToolSpec",
+    "ToolsChanged",
     "Welcome",
     "check_protocol",
     "parse_gate_message",
@@ -55,6 +64,30 @@ class SessionInfo(_Model):
     allow_restart: bool = True
 
 
+class ToolSpec(_Model):
+    """A gate tool as the server lists it (before namespacing)."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+    timeout: float | None = None
+
+
+class TextBlock(_Model):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImageBlock(_Model):
+    type: Literal["image"] = "image"
+    data: str  # base64
+    mime_type: str
+
+
+Block = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+
+
 class Hello(_Model):
     """Server → gate, as the comm_open data: who is connecting, in which protocol."""
 
@@ -69,6 +102,50 @@ class Welcome(_Model):
     type: Literal["welcome"] = "welcome"
     protocol_version: int = PROTOCOL_VERSION
     session: SessionInfo
+    tools: list[ToolSpec] = []
+
+
+class ToolsChanged(_Model):
+    """Gate → server: the session's tools were registered, replaced or removed."""
+
+    type: Literal["tools_changed"] = "tools_changed"
+    tools: list[ToolSpec]
+
+
+class CallTool(_Model):
+    """Server → gate: run a tool with the agent's JSON arguments."""
+
+    type: Literal["call_tool"] = "call_tool"
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+class CancelCall(_Model):
+    """Server → gate: the agent cancelled (or the call timed out); ``is_cancelled()`` turns true."""
+
+    type: Literal["cancel_call"] = "cancel_call"
+    call_id: str
+
+
+class ToolProgress(_Model):
+    """Gate → server: ``progress(...)`` inside a running tool."""
+
+    type: Literal["tool_progress"] = "tool_progress"
+    call_id: str
+    message: str
+    progress: float | None = None
+    total: float | None = None
+
+
+class ToolResult(_Model):
+    """Gate → server: a tool call's outcome."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    content: list[Block]
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
 
 
 class Refused(_Model):
@@ -79,18 +156,22 @@ class Refused(_Model):
     reason: str
 
 
-ServerMessage = Annotated[Hello, Field(discriminator="type")]
-GateMessage = Annotated[Welcome | Refused, Field(discriminator="type")]
+ServerMessage = Annotated[Hello | CallTool | CancelCall, Field(discriminator="type")]
+GateMessage = Annotated[
+    Welcome | Refused | ToolsChanged | ToolProgress | ToolResult, Field(discriminator="type")
+]
 
-_server_adapter: TypeAdapter[Hello] = TypeAdapter(ServerMessage)
-_gate_adapter: TypeAdapter[Welcome | Refused] = TypeAdapter(GateMessage)
+_server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+_gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 
-def parse_server_message(data: object) -> Hello:
+def parse_server_message(data: object) -> Hello | CallTool | CancelCall:
     return _server_adapter.validate_python(data)
 
 
-def parse_gate_message(data: object) -> Welcome | Refused:
+def parse_gate_message(
+    data: object,
+) -> Welcome | Refused | ToolsChanged | ToolProgress | ToolResult:
     return _gate_adapter.validate_python(data)
 
 

@@ -67,8 +67,11 @@ def parse_param_docs(doc: str | None) -> tuple[str, dict[str, str]]:
             indent = len(line) - len(line.lstrip())
             if base_indent is None:
                 base_indent = indent
-            if indent < base_indent or (indent == base_indent and line.strip().endswith(":")
-                                        and not _GOOGLE_ITEM.match(line)):
+            if indent < base_indent or (
+                indent == base_indent
+                and line.strip().endswith(":")
+                and not _GOOGLE_ITEM.match(line)
+            ):
                 break  # next section
             if indent == base_indent:
                 m = (_NUMPY_ITEM if numpy else _GOOGLE_ITEM).match(line)
@@ -90,7 +93,9 @@ def _clean(schema: Any, defs: dict[str, Any], stack: tuple[str, ...] = ()) -> An
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
         if name in stack:
-            raise ToolDefinitionError(f"type {name} refers to itself; recursive types are not supported")
+            raise ToolDefinitionError(
+                f"type {name} refers to itself; recursive types are not supported"
+            )
         merged = {**copy.deepcopy(defs[name]), **{k: v for k, v in schema.items() if k != "$ref"}}
         return _clean(merged, defs, (*stack, name))
     out: dict[str, Any] = {}
@@ -99,8 +104,15 @@ def _clean(schema: Any, defs: dict[str, Any], stack: tuple[str, ...] = ()) -> An
             continue
         if key == "properties":
             out[key] = {p: _clean(s, defs, stack) for p, s in value.items()}
-        elif key in ("items", "additionalProperties", "not", "anyOf", "oneOf", "allOf",
-                     "prefixItems"):
+        elif key in (
+            "items",
+            "additionalProperties",
+            "not",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "prefixItems",
+        ):
             out[key] = _clean(value, defs, stack)
         else:
             out[key] = value

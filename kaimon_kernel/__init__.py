@@ -17,7 +17,19 @@ from ._errors import (
     SessionNotFound,
 )
 from ._protocol import PROTOCOL_VERSION
-from .gate import serve, stop
+from .gate import (
+    GateTool,
+    ToolArgumentError,
+    ToolDefinitionError,
+    is_cancelled,
+    list_tools,
+    progress,
+    register,
+    serve,
+    stop,
+    tool,
+    unregister,
+)
 
 __version__ = "0.1.0"
 
@@ -25,14 +37,23 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AmbiguousSession",
     "DeadKernelError",
+    "GateTool",
     "KaimonError",
     "KernelTimeout",
     "ProtocolMismatch",
     "SessionNotFound",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "is_cancelled",
+    "list_tools",
     "load_ipython_extension",
+    "progress",
+    "register",
     "serve",
     "stop",
+    "tool",
     "unload_ipython_extension",
+    "unregister",
 ]
 
 

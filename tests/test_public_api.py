@@ -2,22 +2,31 @@
 
 import kaimon_kernel
 
+PUBLIC = [
+    "PROTOCOL_VERSION",
+    "AmbiguousSession",
+    "DeadKernelError",
+    "GateTool",
+    "KaimonError",
+    "KernelTimeout",
+    "ProtocolMismatch",
+    "SessionNotFound",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "is_cancelled",
+    "list_tools",
+    "load_ipython_extension",
+    "progress",
+    "register",
+    "serve",
+    "stop",
+    "tool",
+    "unload_ipython_extension",
+    "unregister",
+]
+
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(kaimon_kernel.__all__) == sorted(
-        [
-            "PROTOCOL_VERSION",
-            "AmbiguousSession",
-            "DeadKernelError",
-            "KaimonError",
-            "KernelTimeout",
-            "ProtocolMismatch",
-            "SessionNotFound",
-            "load_ipython_extension",
-            "serve",
-            "stop",
-            "unload_ipython_extension",
-        ]
-    )
-    for name in kaimon_kernel.__all__:
+    assert sorted(kaimon_kernel.__all__) == sorted(PUBLIC)
+    for name in PUBLIC:
         assert hasattr(kaimon_kernel, name), name

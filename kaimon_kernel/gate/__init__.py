@@ -1,6 +1,24 @@
 """The in-kernel half of kaimon."""
 
-from ._gate import Gate, current_gate, serve, stop
+from ._gate import Gate, current_gate, list_tools, register, serve, stop, tool, unregister
 from ._magics import KaimonMagics, autoserve_from_env
+from ._schema import ToolArgumentError, ToolDefinitionError
+from ._tools import GateTool, is_cancelled, progress
 
-__all__ = ["Gate", "KaimonMagics", "autoserve_from_env", "current_gate", "serve", "stop"]
+__all__ = [
+    "Gate",
+    "GateTool",
+    "KaimonMagics",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "autoserve_from_env",
+    "current_gate",
+    "is_cancelled",
+    "list_tools",
+    "progress",
+    "register",
+    "serve",
+    "stop",
+    "tool",
+    "unregister",
+]

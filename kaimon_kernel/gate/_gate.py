@@ -11,8 +11,10 @@ import atexit
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +23,29 @@ from .._errors import KaimonError, ProtocolMismatch
 from .._paths import sessions_dir, write_private
 from .._protocol import (
     COMM_TARGET,
+    CallTool,
+    CancelCall,
+    Hello,
     Refused,
     SessionInfo,
+    ToolProgress,
+    ToolsChanged,
     Welcome,
     check_protocol,
     parse_server_message,
 )
+from ._tools import CallContext, GateTool, ToolRegistry, check_tools, run_call
 
-__all__ = ["Gate", "current_gate", "serve", "stop"]
+__all__ = [
+    "Gate",
+    "current_gate",
+    "list_tools",
+    "register",
+    "serve",
+    "stop",
+    "tool",
+    "unregister",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +89,9 @@ class Gate:
         self.shell = shell
         self.info: SessionInfo | None = None
         self.servers: dict[str, ServerLink] = {}
+        self.tools = ToolRegistry()
+        self.tools.listeners.append(self._broadcast_tools)
+        self._calls: dict[str, CallContext] = {}
         self._registered = False
         atexit.register(self._remove_session_file)
 
@@ -89,8 +109,10 @@ class Gate:
         allow_restart: bool = True,
         started_by: Literal["person", "agent"] = "person",
         key: str | None = None,
+        tools: Iterable[GateTool] = (),
     ) -> SessionInfo:
         self._register_target()
+        new_tools = check_tools(tools)
         session_id = self.info.session_id if self.info else uuid.uuid4().hex
         ns = namespace or (self.info.namespace if self.info else default_namespace())
         self.info = SessionInfo(
@@ -109,6 +131,8 @@ class Gate:
             allow_restart=allow_restart,
         )
         write_private(session_file_for(self.info.key), self.info.model_dump_json(indent=1))
+        if new_tools:
+            self.tools.add(*new_tools)
         return self.info
 
     def stop(self) -> bool:
@@ -143,6 +167,8 @@ class Gate:
         data = msg["content"].get("data") or {}
         try:
             hello = parse_server_message(data)
+            if not isinstance(hello, Hello):
+                raise ValueError("a kaimon comm must open with a hello")
             check_protocol(hello.protocol_version, who="the kaimon server")
             if self.info is None:
                 raise KaimonError("this kernel is not served (run %kaimon serve)")
@@ -152,7 +178,53 @@ class Gate:
             return
         self.servers[comm.comm_id] = ServerLink(hello.server_pid, time.time(), comm)
         comm.on_close(lambda _msg: self.servers.pop(comm.comm_id, None))
-        comm.send(Welcome(session=self.info).model_dump(mode="json"))
+        comm.on_msg(lambda msg: self._on_comm_msg(comm, msg))
+        comm.send(Welcome(session=self.info, tools=self.tools.specs()).model_dump(mode="json"))
+
+    def _on_comm_msg(self, comm: Any, msg: dict[str, Any]) -> None:
+        try:
+            message = parse_server_message(msg["content"].get("data") or {})
+        except ValueError:
+            logger.warning("kaimon: ignoring a malformed message from the server")
+            return
+        if isinstance(message, CallTool):
+            self._start_call(comm, message)
+        elif isinstance(message, CancelCall):
+            call = self._calls.get(message.call_id)
+            if call is not None:
+                call.cancelled.set()
+
+    def _start_call(self, comm: Any, request: CallTool) -> None:
+        def send_progress(text: str, value: float | None, total: float | None) -> None:
+            update = ToolProgress(
+                call_id=request.call_id, message=text, progress=value, total=total
+            )
+            comm.send(update.model_dump(mode="json"))
+
+        call = CallContext(request.call_id, send_progress)
+        self._calls[request.call_id] = call
+
+        def work() -> None:
+            try:
+                result = run_call(
+                    self.tools.get(request.name), request.name, request.arguments, call
+                )
+                comm.send(result.model_dump(mode="json"))
+            finally:
+                self._calls.pop(request.call_id, None)
+
+        # A worker thread: a long tool never holds up the comm (cancel must get through).
+        threading.Thread(target=work, name=f"kaimon-tool-{request.name}", daemon=True).start()
+
+    def _broadcast_tools(self) -> None:
+        if self.info is None:
+            return
+        update = ToolsChanged(tools=self.tools.specs()).model_dump(mode="json")
+        for link in list(self.servers.values()):
+            try:
+                link.comm.send(update)
+            except Exception:
+                logger.debug("sending tools_changed failed", exc_info=True)
 
     def status_text(self) -> str:
         if self.info is None:
@@ -193,6 +265,7 @@ def current_gate(shell: Any | None = None) -> Gate:
 
 def serve(
     *,
+    tools: Iterable[GateTool] = (),
     namespace: str | None = None,
     label: str | None = None,
     description: str = "",
@@ -201,12 +274,14 @@ def serve(
 ) -> SessionInfo:
     """Share this kernel with agents: the kaimon server will list it and run code in it.
 
+    ``tools`` are :class:`GateTool` s the agent sees as ``<namespace>_<name>``.
     ``namespace`` prefixes the session's tool names (default: the working directory's name);
     ``label`` is the name agents use to pick the session (default: the namespace).
     ``allow_mirror`` / ``allow_restart`` say whether an agent may turn on mirroring or
     restart the kernel. Calling it again updates the session and keeps its key.
     """
     return current_gate().serve(
+        tools=tools,
         namespace=namespace,
         label=label,
         description=description,
@@ -218,3 +293,28 @@ def serve(
 def stop() -> bool:
     """Withdraw this kernel from agents. Returns whether it was being served."""
     return current_gate().stop()
+
+
+def register(*tools: GateTool) -> None:
+    """Add or replace tools of this kernel's session; connected agents see the change."""
+    current_gate().tools.add(*check_tools(tools))
+
+
+def unregister(*names: str) -> list[str]:
+    """Remove tools by name; returns the names that were registered."""
+    return current_gate().tools.remove(*names)
+
+
+def list_tools() -> list[GateTool]:
+    """The tools this kernel serves."""
+    return current_gate().tools.list()
+
+
+def tool(fn: Any = None, *, name: str | None = None, timeout: float | None = None) -> Any:
+    """Decorator: register a function as a tool of this kernel (``@tool`` or ``@tool(name=…)``)."""
+
+    def wrap(f: Any) -> Any:
+        register(GateTool(name or f.__name__, f, timeout=timeout))
+        return f
+
+    return wrap(fn) if fn is not None else wrap

@@ -16,6 +16,7 @@ __all__ = ["KaimonMagics", "autoserve_from_env"]
 USAGE = """\
 %kaimon serve [--namespace NS] [--label LABEL] [--description TEXT] [--no-mirror] [--no-restart]
 %kaimon status
+%kaimon tools
 %kaimon stop"""
 
 
@@ -34,6 +35,7 @@ def _parser() -> _Parser:
     s.add_argument("--no-mirror", dest="allow_mirror", action="store_false")
     s.add_argument("--no-restart", dest="allow_restart", action="store_false")
     sub.add_parser("status", add_help=False)
+    sub.add_parser("tools", add_help=False)
     sub.add_parser("stop", add_help=False)
     return p
 
@@ -65,6 +67,14 @@ class KaimonMagics(Magics):
             )
         elif args.command == "status":
             print(gate.status_text())
+        elif args.command == "tools":
+            tools = gate.tools.list()
+            ns = gate.info.namespace if gate.info else "(namespace set at serve)"
+            if not tools:
+                print("kaimon: no tools registered (serve(tools=[GateTool(...)]) or @tool)")
+            for t in tools:
+                first = (t.spec().description or "").strip().splitlines()[:1]
+                print(f"{ns}_{t.name}: {first[0] if first else '(no description)'}")
         elif args.command == "stop":
             was = gate.stop()
             print(

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import KaimonError, SessionNotFound
+from .._protocol import ToolSpec
 from ._discovery import Registry
 from ._kernel import Execution, KernelSession
 from ._launcher import Launcher
 
-__all__ = ["Kaimon", "ServerOptions", "TrackedEval"]
+__all__ = ["GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
 DEFAULT_PROMOTE_AFTER = 30.0
 
@@ -40,6 +41,15 @@ class TrackedEval:
     session_key: str
     execution: Execution
     promoted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class GateToolRef:
+    """A gate tool as agents see it: its MCP name, and where calls go."""
+
+    mcp_name: str
+    session: KernelSession
+    spec: ToolSpec
 
 
 class Kaimon:
@@ -105,3 +115,23 @@ class Kaimon:
             known = ", ".join(list(self.evals)[-10:]) or "none"
             raise KaimonError(f"no evaluation has id {eval_id!r}; known ids: {known}")
         raise KaimonError(f"{eval_id!r} matches {len(found)} evaluations; give more characters")
+
+    def gate_tools(self) -> dict[str, GateToolRef]:
+        """Every served tool under its MCP name ``<namespace>_<tool>``.
+
+        Sessions sharing a namespace get ``<namespace>_2``, ``_3`` … in the order they
+        started, so no tool silently replaces another.
+        """
+        table: dict[str, GateToolRef] = {}
+        used: dict[str, int] = {}
+        ordered = sorted(self.registry.sessions.values(), key=lambda s: (s.info.started_at, s.key))
+        for session in ordered:
+            if session.state != "ready" or not session.tools:
+                continue
+            ns = session.info.namespace
+            used[ns] = used.get(ns, 0) + 1
+            prefix = ns if used[ns] == 1 else f"{ns}_{used[ns]}"
+            for spec in session.tools:
+                name = f"{prefix}_{spec.name}"
+                table[name] = GateToolRef(name, session, spec)
+        return table

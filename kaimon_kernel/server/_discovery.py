@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
@@ -44,6 +45,8 @@ class Registry:
         self.sessions: dict[str, KernelSession] = {}
         self._changed = asyncio.Event()
         self._scan_lock = asyncio.Lock()
+        #: Called whenever the set of sessions or any session's tools changes.
+        self.listeners: list[Callable[[], object]] = []
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -101,6 +104,7 @@ class Registry:
                 if current is not None:  # same key, new process: a restart
                     await current.close("the kernel was restarted")
                 session = KernelSession(info, on_dead=self._rescan_soon)
+                session.on_tools_changed = self._notify
                 self.sessions[key] = session
                 task = asyncio.create_task(session.connect(), name=f"connect-{key}")
                 self._background.add(task)
@@ -109,6 +113,11 @@ class Registry:
             if changed:
                 self._changed.set()
                 self._changed = asyncio.Event()
+                self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
     def _rescan_soon(self) -> None:
         task = asyncio.create_task(self.scan())

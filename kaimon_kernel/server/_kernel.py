@@ -23,16 +23,23 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
 from .._protocol import (
     COMM_TARGET,
+    CallTool,
+    CancelCall,
     Hello,
     Refused,
     SessionInfo,
+    TextBlock,
+    ToolProgress,
+    ToolResult,
+    ToolsChanged,
+    ToolSpec,
     Welcome,
     check_protocol,
     parse_gate_message,
 )
 from ._output import OutputCapture
 
-__all__ = ["Activity", "Execution", "KernelSession", "pid_alive"]
+__all__ = ["Activity", "Execution", "KernelSession", "PendingCall", "pid_alive"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +150,16 @@ class Execution:
 
 
 @dataclass
+class PendingCall:
+    """A gate tool call on its way: progress updates queue up until the result arrives."""
+
+    call_id: str
+    name: str
+    result: asyncio.Future[ToolResult]
+    progress: asyncio.Queue[ToolProgress] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
 class Activity:
     """What the kernel is doing for other clients (the person's cells), from iopub."""
 
@@ -177,6 +194,10 @@ class KernelSession:
         self.state: Literal["connecting", "ready", "refused", "dead", "closed"] = "connecting"
         self.problem = ""
         self.gate_connected = False
+        self.tools: list[ToolSpec] = []
+        self.on_tools_changed: Callable[[], object] | None = None
+        self.subshell_id: str | None = None
+        self.calls: dict[str, PendingCall] = {}
         self._comm_id = uuid.uuid4().hex
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -204,6 +225,7 @@ class KernelSession:
                 self._tasks.append(asyncio.create_task(reader(), name=f"{name}-{self.key}"))
             self._tasks.append(asyncio.create_task(self._watch_alive(), name=f"alive-{self.key}"))
             await self._handshake(timeout)
+            await self._create_subshell()
             self._open_gate_comm()
             self.state = "ready"
         except ProtocolMismatch as err:
@@ -246,13 +268,28 @@ class KernelSession:
             f"the kernel of session {self.key} did not answer within {timeout:.0f} s"
         )
 
+    async def _create_subshell(self) -> None:
+        """Gate traffic goes to a kernel subshell where the kernel has them (ipykernel 7),
+        so tool calls are answered while the person's cell runs."""
+        try:
+            reply = await self.control_request("kernel_info_request", timeout=5)
+            if "kernel subshells" not in reply["content"].get("supported_features", []):
+                return
+            reply = await self.control_request("create_subshell_request", timeout=5)
+            self.subshell_id = reply["content"].get("subshell_id")
+        except KaimonError as err:
+            logger.info("no subshell for session %s: %s", self.key, err)
+
+    def _send_gate(self, msg_type: str, content: dict[str, Any]) -> None:
+        msg = self.client.session.msg(msg_type, content)
+        if self.subshell_id:
+            msg["header"]["subshell_id"] = self.subshell_id
+        self.client.shell_channel.send(msg)
+
     def _open_gate_comm(self) -> None:
-        content = {
-            "comm_id": self._comm_id,
-            "target_name": COMM_TARGET,
-            "data": Hello(server_pid=self.server_pid).model_dump(mode="json"),
-        }
-        self.client.shell_channel.send(self.client.session.msg("comm_open", content))
+        hello = Hello(server_pid=self.server_pid).model_dump(mode="json")
+        content = {"comm_id": self._comm_id, "target_name": COMM_TARGET, "data": hello}
+        self._send_gate("comm_open", content)
 
     async def close(self, reason: str = "closed") -> None:
         self._fail_pending("dead" if reason != "closed" else "aborted", reason)
@@ -278,6 +315,13 @@ class KernelSession:
     def _fail_pending(self, status: ExecStatus, reason: str) -> None:
         for ex in list(self.executions.values()):
             ex.fail(status, reason)
+        for call in list(self.calls.values()):
+            if not call.result.done():
+                text = f"{call.name} did not finish: {reason}"
+                call.result.set_result(
+                    ToolResult(call_id=call.call_id, content=[TextBlock(text=text)], is_error=True)
+                )
+        self.calls.clear()
 
     async def _watch_alive(self) -> None:
         while True:
@@ -323,14 +367,15 @@ class KernelSession:
         kind = msg["header"]["msg_type"]
         if parent_id in self._iopub_seen:
             self._iopub_seen[parent_id].set()
+        if kind in ("comm_msg", "comm_close"):
+            if msg["content"].get("comm_id") == self._comm_id:
+                self._on_gate_message(kind, msg["content"].get("data") or {})
+            return
         ex = self.executions.get(parent_id)
         if ex is not None:
             ex.feed_iopub(msg)
             if ex.done.is_set():
                 self.executions.pop(parent_id, None)
-            return
-        if kind in ("comm_msg", "comm_close") and msg["content"].get("comm_id") == self._comm_id:
-            self._on_gate_message(kind, msg["content"].get("data") or {})
             return
         if parent.get("msg_type") != "execute_request":
             return
@@ -363,9 +408,21 @@ class KernelSession:
         message = parse_gate_message(data)
         if isinstance(message, Refused):
             self.state, self.problem = "refused", message.reason
-        elif isinstance(message, Welcome):
-            self.gate_connected = True
-            self.info = message.session
+        elif isinstance(message, Welcome | ToolsChanged):
+            if isinstance(message, Welcome):
+                self.gate_connected = True
+                self.info = message.session
+            self.tools = message.tools
+            if self.on_tools_changed is not None:
+                self.on_tools_changed()
+        elif isinstance(message, ToolProgress):
+            call = self.calls.get(message.call_id)
+            if call is not None:
+                call.progress.put_nowait(message)
+        elif isinstance(message, ToolResult):
+            call = self.calls.pop(message.call_id, None)
+            if call is not None and not call.result.done():
+                call.result.set_result(message)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -400,6 +457,22 @@ class KernelSession:
         self.executions[ex.msg_id] = ex
         self.client.shell_channel.send(msg)
         return ex
+
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> PendingCall:
+        """Ask the gate to run tool ``name``; await ``.result`` (and read ``.progress``)."""
+        self.usable()
+        call_id = uuid.uuid4().hex
+        future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
+        call = self.calls[call_id] = PendingCall(call_id, name, future)
+        request = CallTool(call_id=call_id, name=name, arguments=arguments)
+        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": request.model_dump()})
+        return call
+
+    def cancel_call(self, call_id: str) -> None:
+        """Tell the gate the agent gave up: ``is_cancelled()`` turns true in the tool."""
+        if self.state == "ready" and self.alive():
+            data = CancelCall(call_id=call_id).model_dump()
+            self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
 
     async def control_request(
         self, msg_type: str, content: dict[str, Any] | None = None, timeout: float = 10.0

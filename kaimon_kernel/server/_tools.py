@@ -8,17 +8,21 @@ import logging
 import time
 from typing import Annotated, Any
 
+from mcp.server.lowlevel import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from mcp.types import Tool as MCPTool
 from pydantic import Field
 
 from .. import __version__
 from .._errors import KaimonError
-from ._core import Kaimon, TrackedEval
+from .._protocol import ImageBlock, ToolResult
+from ._core import GateToolRef, Kaimon, TrackedEval
 from ._instructions import INSTRUCTIONS
 from ._kernel import Execution, KernelSession
 
-__all__ = ["build_mcp"]
+__all__ = ["KaimonMCP", "build_mcp"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +81,174 @@ def _session_row(session: KernelSession) -> dict[str, Any]:
         "started_at": info.started_at,
         "allow_mirror": info.allow_mirror,
         "allow_restart": info.allow_restart,
+        "tools": len(session.tools),
+        "concurrent_tools": session.subshell_id is not None,
     }
 
 
-def build_mcp(kaimon: Kaimon) -> MCPServer:
-    """The MCP server exposing ``kaimon``'s sessions as tools."""
-    mcp = MCPServer(
-        name="kaimon",
-        instructions=INSTRUCTIONS,
-        version=__version__,
-        log_level="WARNING",
+MODERN_PROTOCOL = "2026-07-28"
+
+
+class KaimonMCP(MCPServer):
+    """MCPServer plus the gate tools of every session, which come and go at run time."""
+
+    def __init__(self, kaimon: Kaimon) -> None:
+        self._bus = InMemorySubscriptionBus()
+        super().__init__(
+            name="kaimon",
+            instructions=INSTRUCTIONS,
+            version=__version__,
+            log_level="WARNING",
+            subscriptions=self._bus,
+        )
+        self.kaimon = kaimon
+        self._legacy_sessions: set[Any] = set()
+        self._fingerprint: tuple[Any, ...] = ()
+        self._pending: set[asyncio.Task[None]] = set()
+        kaimon.registry.listeners.append(self._tools_maybe_changed)
+        # The older protocol learns of list_changed from the capability; MCPServer's
+        # transports pass no NotificationOptions, so default it to announcing tool changes.
+        lowlevel = self._lowlevel_server
+        original = lowlevel.create_initialization_options
+
+        def init_options(notification_options: Any = None, *args: Any, **kwargs: Any) -> Any:
+            options = notification_options or NotificationOptions(tools_changed=True)
+            return original(options, *args, **kwargs)
+
+        lowlevel.create_initialization_options = init_options  # type: ignore[method-assign]
+
+    # -- tools/list and tools/call -----------------------------------------------------------
+
+    async def list_tools(self) -> list[MCPTool]:
+        builtin = await super().list_tools()
+        taken = {t.name for t in builtin}
+        gate = [
+            MCPTool(
+                name=ref.mcp_name,
+                description=ref.spec.description or f"{ref.spec.name} (session {ref.session.key})",
+                input_schema=ref.spec.input_schema,
+                output_schema=ref.spec.output_schema,
+            )
+            for ref in self.kaimon.gate_tools().values()
+            if ref.mcp_name not in taken
+        ]
+        return [*builtin, *gate]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if self._tool_manager.get_tool(name) is None:
+            ref = self.kaimon.gate_tools().get(name)
+            if ref is not None:
+                return await _call_gate_tool(ref, arguments, context)
+        return await super().call_tool(name, arguments, context)
+
+    async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:
+        self._remember(ctx)
+        return await super()._handle_list_tools(ctx, params)
+
+    async def _handle_call_tool(self, ctx: Any, params: Any) -> Any:
+        self._remember(ctx)
+        return await super()._handle_call_tool(ctx, params)
+
+    # -- tools/list_changed ------------------------------------------------------------------
+
+    def _remember(self, ctx: Any) -> None:
+        if getattr(ctx, "protocol_version", MODERN_PROTOCOL) != MODERN_PROTOCOL:
+            self._legacy_sessions.add(ctx.session)
+
+    def _tools_maybe_changed(self) -> None:
+        fingerprint = tuple(
+            sorted(
+                (name, ref.session.key, ref.spec.model_dump_json())
+                for name, ref in self.kaimon.gate_tools().items()
+            )
+        )
+        if fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
+        task = asyncio.get_running_loop().create_task(self._announce())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _announce(self) -> None:
+        await self._bus.publish(ToolsListChanged())
+        for session in list(self._legacy_sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # that client is gone
+                self._legacy_sessions.discard(session)
+
+
+def _tool_result(result: ToolResult) -> CallToolResult:
+    blocks: list[ContentBlock] = [
+        ImageContent(type="image", data=b.data, mime_type=b.mime_type)
+        if isinstance(b, ImageBlock)
+        else TextContent(type="text", text=b.text)
+        for b in result.content
+    ]
+    return CallToolResult(
+        content=blocks, structured_content=result.structured, is_error=result.is_error
     )
+
+
+async def _call_gate_tool(
+    ref: GateToolRef, arguments: dict[str, Any], ctx: Context | None
+) -> CallToolResult:
+    session = ref.session
+    try:
+        call = session.call_tool(ref.spec.name, arguments)
+    except KaimonError as err:
+        return _text(str(err), error=True)
+    started = time.monotonic()
+    timeout = ref.spec.timeout
+    sent = 0
+    last_note = 0.0
+    try:
+        while not call.result.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(call.result), PROGRESS_INTERVAL)
+            messages = []
+            while not call.progress.empty():
+                messages.append(call.progress.get_nowait())
+            now = time.monotonic()
+            if (
+                not messages
+                and not call.result.done()
+                and session.subshell_id is None
+                and session.activity.busy_since is not None
+                and now - last_note >= WAIT_NOTE_INTERVAL
+            ):
+                last_note = now
+                note = f"[waiting: the kernel is {session.activity.describe()}]"
+                with contextlib.suppress(Exception):
+                    if ctx is not None:
+                        await ctx.report_progress(sent, None, note)
+            for update in messages:
+                sent += 1
+                with contextlib.suppress(Exception):
+                    if ctx is not None:
+                        await ctx.report_progress(
+                            update.progress if update.progress is not None else sent,
+                            update.total,
+                            update.message,
+                        )
+            if timeout is not None and not call.result.done() and now - started > timeout:
+                session.cancel_call(call.call_id)
+                session.calls.pop(call.call_id, None)
+                return _text(
+                    f"{ref.mcp_name} timed out after {timeout:g} s; the tool was told to stop "
+                    "(kaimon_kernel.is_cancelled() is now true in it)",
+                    error=True,
+                )
+    except asyncio.CancelledError:
+        session.cancel_call(call.call_id)
+        session.calls.pop(call.call_id, None)
+        raise
+    return _tool_result(call.result.result())
+
+
+def build_mcp(kaimon: Kaimon) -> MCPServer:
+    """The MCP server exposing ``kaimon``'s sessions and their gate tools."""
+    mcp = KaimonMCP(kaimon)
 
     @mcp.tool()
     async def ex(

@@ -15,6 +15,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import typing_extensions
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 
@@ -143,7 +144,7 @@ def _object_like(annotation: Any) -> bool:
         issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
     ):
         return True
-    return typing.is_typeddict(annotation)
+    return typing_extensions.is_typeddict(annotation)
 
 
 @dataclasses.dataclass
@@ -185,12 +186,14 @@ class Signature:
             try:
                 TypeAdapter(annotation).json_schema()
             except (PydanticSchemaGenerationError, PydanticUserError, TypeError, KeyError) as err:
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise ToolDefinitionError(
                     f"tool {name!r}: parameter {p.name!r} has type {annotation!r}, which cannot "
-                    f"be described as JSON schema. Supported: {SUPPORTED}."
+                    f"be described as JSON schema ({why}). Supported: {SUPPORTED}."
                 ) from err
             default = ... if p.default is p.empty else p.default
-            fields[p.name] = (annotation, Field(default, description=docs.get(p.name) or None))
+            doc = docs.get(p.name)
+            fields[p.name] = (annotation, Field(default, description=doc) if doc else default)
             if p.kind == p.POSITIONAL_ONLY:
                 positional.append(p.name)
         model = create_model(  # type: ignore[call-overload]

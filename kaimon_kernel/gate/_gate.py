@@ -260,6 +260,9 @@ def current_gate(shell: Any | None = None) -> Gate:
         if shell is None:
             raise KaimonError("kaimon's gate runs inside an IPython kernel; none is running here")
         _gate = Gate(shell)
+        from ._magics import KaimonMagics  # serving from code brings %kaimon too
+
+        shell.register_magics(KaimonMagics)
     return _gate
 
 

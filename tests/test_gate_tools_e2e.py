@@ -59,7 +59,17 @@ def stubborn() -> str:
     SAW_CANCEL = True
     return "stopped"
 
+CLIENT_CANCELLED = False
+
+def patient() -> str:
+    global CLIENT_CANCELLED
+    while not is_cancelled():
+        time.sleep(0.02)
+    CLIENT_CANCELLED = True
+    return "stopped"
+
 serve(namespace="todo", tools=[
+    GateTool("patient", patient),
     GateTool("add_task", add_task), GateTool("explode", explode), GateTool("later", later),
     GateTool("summary", summary), GateTool("picture", picture),
     GateTool("stubborn", stubborn, timeout=0.5),
@@ -97,7 +107,7 @@ async def test_the_agent_sees_namespaced_tools_with_their_schema(todo: PersonKer
         "type": "string",
         "default": "blue",
     }
-    assert listing.structured_content["sessions"][0]["tools"] == 6
+    assert listing.structured_content["sessions"][0]["tools"] == 7
 
 
 async def test_a_call_coerces_arguments_and_reaches_the_persons_objects(todo) -> None:
@@ -161,6 +171,17 @@ async def test_a_tool_past_its_timeout_is_told_to_stop(todo) -> None:
     with anyio.fail_after(10):
         while todo.run("print(SAW_CANCEL)")[1] != "True\n":
             await asyncio.sleep(0.05)
+
+
+async def test_a_client_that_gives_up_cancels_the_tool(todo) -> None:
+    async with stdio_client(cache=None) as client:
+        await wait_for_tool(client, "todo_patient")
+        with anyio.move_on_after(1.0):
+            await client.call_tool("todo_patient", {})
+        with anyio.fail_after(10):
+            while todo.run("print(CLIENT_CANCELLED)")[1] != "True\n":
+                await asyncio.sleep(0.05)
+        assert text_of(await client.call_tool("todo_later", {"x": 2})) == '{\n "double": 4\n}'
 
 
 async def test_a_tool_runs_while_the_persons_cell_is_busy(todo) -> None:

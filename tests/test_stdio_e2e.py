@@ -203,14 +203,16 @@ async def test_long_code_is_promoted_and_checked_later(person: PersonKernel) -> 
         eval_id = result.structured_content["eval_id"]
         assert f"eval_id: {eval_id}" in text_of(result)
         bad = await client.call_tool("check_eval", {"eval_id": "zzz"})
-        assert bad.is_error and "no evaluation has id 'zzz'" in text_of(bad)
+        assert bad.is_error and "'zzz' is not an eval id" in text_of(bad)
+        unknown = await client.call_tool("check_eval", {"eval_id": "0000000"})
+        assert unknown.is_error and "no job has id '0000000'" in text_of(unknown)
         deadline = time.monotonic() + 20
         while True:
             check = await client.call_tool("check_eval", {"eval_id": eval_id[:5]})
             if check.structured_content["status"] != "running" or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
-    assert check.structured_content["status"] == "ok"
+    assert check.structured_content["status"] == "completed"
     assert "begun\nfinished\n" in text_of(check)
 
 
@@ -249,7 +251,7 @@ async def test_code_waiting_on_the_persons_cell_is_promoted_with_the_reason(pers
             if check.structured_content["status"] != "running":
                 break
             await asyncio.sleep(0.2)
-    assert check.structured_content["status"] == "ok"
+    assert check.structured_content["status"] == "completed"
     assert text_of(check).endswith("'later'\n")
 
 

@@ -16,12 +16,19 @@ from pathlib import Path
 from .._errors import KaimonError, SessionNotFound
 from .._protocol import ToolSpec
 from ._discovery import Registry
+from ._jobs import Job, JobStatus, JobStore
 from ._kernel import Execution, KernelSession
 from ._launcher import Launcher
 
-__all__ = ["GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
+__all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
 DEFAULT_PROMOTE_AFTER = 30.0
+JOB_SAVE_INTERVAL = 2.0
+
+
+def _wall(monotonic: float | None) -> float | None:
+    """A time.monotonic() stamp as wall-clock time, for the store."""
+    return None if monotonic is None else time.time() - (time.monotonic() - monotonic)
 
 
 @dataclass
@@ -33,14 +40,28 @@ class ServerOptions:
     cwd: str = field(default_factory=os.getcwd)
 
 
+JOB_STATUS: dict[str, JobStatus] = {
+    "ok": "completed",
+    "error": "failed",
+    "aborted": "failed",
+    "dead": "lost",
+    "cancelled": "cancelled",
+}
+
+
 @dataclass
 class TrackedEval:
-    """An evaluation that outlived its ``ex`` call (promoted or the call was cancelled)."""
+    """An evaluation that outlived its ``ex`` call (promoted, or the call was cancelled)."""
 
     eval_id: str
-    session_key: str
+    session: KernelSession
     execution: Execution
-    promoted_at: float = field(default_factory=time.time)
+    stash: dict[str, str] = field(default_factory=dict)
+    last_progress: str | None = None
+
+    @property
+    def session_key(self) -> str:
+        return self.session.key
 
 
 @dataclass(frozen=True)
@@ -60,7 +81,9 @@ class Kaimon:
         self.registry = registry or Registry()
         self.launcher = Launcher(self.registry)
         self.evals: dict[str, TrackedEval] = {}
+        self.jobs = JobStore()
         self._start_lock = asyncio.Lock()
+        self._job_tasks: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Kaimon]:
@@ -73,8 +96,11 @@ class Kaimon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            for job_task in list(self._job_tasks):
+                job_task.cancel()
             await self.launcher.shutdown_all()
             await self.registry.close()
+            self.jobs.close()
 
     async def session_for(self, name: str | None) -> tuple[KernelSession, str]:
         """The session ``name`` resolves to, starting one when none exists and allowed.
@@ -100,21 +126,74 @@ class Kaimon:
         return session, ""
 
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
-        tracked = TrackedEval(execution.msg_id.replace("-", "")[:12], session.key, execution)
-        self.evals[tracked.eval_id] = tracked
+        """Make ``execution`` a background job: stored, followed to its end, never lost."""
+        eval_id = execution.msg_id.replace("-", "")[:12]
+        tracked = TrackedEval(eval_id, session, execution)
+        self.evals[eval_id] = tracked
+        self.jobs.add(
+            Job(
+                id=eval_id,
+                msg_id=execution.msg_id,
+                session_key=session.key,
+                session_id=session.info.session_id,
+                kernel_pid=session.info.pid,
+                code=execution.code,
+                status="running",
+                created_at=time.time() - execution.elapsed,
+            )
+        )
+        task = asyncio.create_task(self._follow_job(tracked), name=f"job-{eval_id}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
         return tracked
 
-    def find_eval(self, eval_id: str) -> TrackedEval:
+    async def _follow_job(self, tracked: TrackedEval) -> None:
+        """Save the job's output as it grows, and its outcome when it ends."""
+        execution = tracked.execution
+        saved_at: float | None = None
+        while not execution.done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(execution.done.wait(), JOB_SAVE_INTERVAL)
+            if not execution.done.is_set() and execution.last_output_at != saved_at:
+                saved_at = execution.last_output_at
+                self.save_progress(tracked)
+        self.jobs.update(
+            tracked.eval_id,
+            status=JOB_STATUS.get(execution.status, "failed"),
+            finished_at=time.time(),
+            last_output_at=_wall(execution.last_output_at),
+            output=execution.capture.text(),
+            reason=execution.reason,
+            stash=tracked.stash,
+            last_progress=tracked.last_progress,
+        )
+
+    def save_progress(self, tracked: TrackedEval) -> None:
+        self.jobs.update(
+            tracked.eval_id,
+            last_output_at=_wall(tracked.execution.last_output_at),
+            output=tracked.execution.capture.text(),
+            stash=tracked.stash,
+            last_progress=tracked.last_progress,
+        )
+
+    def find_job(self, eval_id: str) -> Job:
+        """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
         eval_id = eval_id.strip()
         if not eval_id:
             raise KaimonError("eval_id is empty; use the id an `ex` reply gave (eval_id: …)")
-        found = [e for k, e in self.evals.items() if k.startswith(eval_id)]
-        if len(found) == 1:
+        if not all(c in "0123456789abcdef" for c in eval_id.lower()):
+            raise KaimonError(f"{eval_id!r} is not an eval id (ids are hex, like 3f9a1c02be71)")
+        found = self.jobs.find(eval_id.lower())
+        if len(found) == 1 or (found and found[0].id == eval_id):
             return found[0]
         if not found:
-            known = ", ".join(list(self.evals)[-10:]) or "none"
-            raise KaimonError(f"no evaluation has id {eval_id!r}; known ids: {known}")
-        raise KaimonError(f"{eval_id!r} matches {len(found)} evaluations; give more characters")
+            recent = ", ".join(j.id for j in self.jobs.list(limit=5)) or "none yet"
+            raise KaimonError(f"no job has id {eval_id!r}; recent ids: {recent}")
+        raise KaimonError(
+            f"{eval_id!r} matches {len(found)}+ jobs ({', '.join(j.id for j in found)}); "
+            "give more characters"
+        )
 
     def gate_tools(self) -> dict[str, GateToolRef]:
         """Every served tool under its MCP name ``<namespace>_<tool>``.

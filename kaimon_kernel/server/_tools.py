@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.lowlevel import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
@@ -18,8 +18,9 @@ from pydantic import Field
 from .. import __version__
 from .._errors import KaimonError
 from .._protocol import ImageBlock, ToolResult
-from ._core import GateToolRef, Kaimon, TrackedEval
+from ._core import JOB_STATUS, GateToolRef, Kaimon, TrackedEval
 from ._instructions import INSTRUCTIONS
+from ._jobs import Job
 from ._kernel import Execution, KernelSession
 
 __all__ = ["KaimonMCP", "build_mcp"]
@@ -298,28 +299,42 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
     async def check_eval(
         eval_id: Annotated[str, Field(description="the id an ex reply gave, or a unique prefix")],
     ) -> CallToolResult:
-        """Status, elapsed time and output so far of an evaluation that outlived its ex call;
+        """Status, elapsed time, stash, last progress and output so far of a background job;
         the full result once it is done."""
         try:
-            tracked = kaimon.find_eval(eval_id)
+            job = kaimon.find_job(eval_id)
         except KaimonError as err:
             return _text(str(err), error=True)
-        execution = tracked.execution
-        state = "running" if not execution.done.is_set() else execution.status
-        since = (
-            f", last output {time.monotonic() - execution.last_output_at:.0f} s ago"
-            if execution.last_output_at
-            else ""
-        )
-        header = (
-            f"eval_id: {tracked.eval_id}\nsession: {tracked.session_key}\nstatus: {state}\n"
-            f"elapsed: {execution.elapsed:.1f} s{since}\n---\n"
-        )
+        view = _job_view(kaimon, job)
         return CallToolResult(
-            content=_result_content(execution, header),
-            is_error=execution.done.is_set() and execution.status != "ok",
-            structured_content={"eval_id": tracked.eval_id, "status": state},
+            content=[TextContent(type="text", text=view.pop("text"))],
+            is_error=view["status"] in ("failed", "lost"),
+            structured_content=view,
         )
+
+    @mcp.tool()
+    async def list_jobs(
+        status: Annotated[
+            Literal["running", "completed", "failed", "cancelled", "lost"] | None,
+            Field(description="only jobs with this status"),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=500)] = 20,
+        stats: Annotated[bool, Field(description="add counts per status and durations")] = False,
+    ) -> CallToolResult:
+        """Background jobs (evaluations that outlived their ex call), newest first."""
+        jobs = kaimon.jobs.list(status, limit)
+        rows = []
+        for job in jobs:
+            first = (job.code.strip().splitlines() or [""])[0][:60]
+            rows.append({"eval_id": job.id, "session": job.session_key, "status": job.status,
+                         "elapsed_s": round(job.elapsed, 1), "code": first})
+        lines = [f"{r['eval_id']}  {r['status']:9}  {r['elapsed_s']:>8.1f} s  session "
+                 f"{r['session']}  {r['code']!r}" for r in rows] or ["no jobs"]
+        structured: dict[str, Any] = {"jobs": rows}
+        if stats:
+            structured["stats"] = kaimon.jobs.stats()
+            lines.append(f"stats: {structured['stats']}")
+        return _text("\n".join(lines), structured=structured)
 
     @mcp.tool(structured_output=True)
     async def list_sessions() -> CallToolResult:
@@ -353,6 +368,43 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         return _text(INSTRUCTIONS)
 
     return mcp
+
+
+def _job_view(kaimon: Kaimon, job: Job) -> dict[str, Any]:
+    """A job as check_eval shows it: live from memory when this server runs it."""
+    tracked = kaimon.evals.get(job.id)
+    status, stash, last_progress = job.status, job.stash, job.last_progress
+    elapsed, output, reason = job.elapsed, job.output, job.reason
+    since = time.time() - job.last_output_at if job.last_output_at else None
+    if tracked is not None:
+        ex = tracked.execution
+        done = ex.done.is_set()
+        status = JOB_STATUS.get(ex.status, "failed") if done else "running"
+        stash, last_progress = tracked.stash, tracked.last_progress
+        elapsed, output, reason = ex.elapsed, ex.capture.text(), ex.reason
+        since = time.monotonic() - ex.last_output_at if ex.last_output_at else None
+    lines = [f"eval_id: {job.id}", f"session: {job.session_key}", f"status: {status}",
+             f"elapsed: {elapsed:.1f} s"
+             + (f", last output {since:.0f} s ago" if since is not None else ", no output yet")]
+    if reason:
+        lines.append(f"reason: {reason}")
+    if last_progress:
+        lines.append(f"progress: {last_progress}")
+    if stash:
+        lines.append("stash:")
+        lines.extend(f"  {k} = {v}" for k, v in stash.items())
+    lines.append("--- output ---" if status != "running" else "--- output so far ---")
+    lines.append(output or "(none)")
+    return {
+        "text": "\n".join(lines),
+        "eval_id": job.id,
+        "session": job.session_key,
+        "status": status,
+        "elapsed_s": round(elapsed, 3),
+        "seconds_since_output": None if since is None else round(since, 1),
+        "stash": stash,
+        "last_progress": last_progress,
+    }
 
 
 def _promoted(tracked: TrackedEval, header: str, after: float) -> CallToolResult:

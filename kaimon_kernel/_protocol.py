@@ -15,10 +15,16 @@ from ._errors import ProtocolMismatch
 
 __all__ = [
     "COMM_TARGET",
+    "EVAL_METADATA_KEY",
     "PROTOCOL_VERSION",
     "Block",
     "CallTool",
     "CancelCall",
+    "CancelEval",
+    "EvalQuery",
+    "EvalRecord",
+    "EvalRecords",
+    "EvalUpdate",
     "GateMessage",
     "Hello",
     "ImageBlock",
@@ -62,6 +68,8 @@ class SessionInfo(_Model):
     started_by: Literal["person", "agent"] = "person"
     allow_mirror: bool = True
     allow_restart: bool = True
+    #: Overrides the server's promote_after for this session (seconds; <=0 never).
+    promote_after: float | None = None
 
 
 class ToolSpec(_Model):
@@ -156,22 +164,68 @@ class Refused(_Model):
     reason: str
 
 
-ServerMessage = Annotated[Hello | CallTool | CancelCall, Field(discriminator="type")]
+class CancelEval(_Model):
+    """Server → gate: the agent cancelled an evaluation; ``is_cancelled()`` turns true in it."""
+
+    type: Literal["cancel_eval"] = "cancel_eval"
+    msg_id: str
+
+
+class EvalQuery(_Model):
+    """Server → gate, after a server restart: what became of these evaluations?"""
+
+    type: Literal["eval_query"] = "eval_query"
+    msg_ids: list[str]
+
+
+class EvalUpdate(_Model):
+    """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
+
+    type: Literal["eval_update"] = "eval_update"
+    msg_id: str
+    stash: dict[str, str] = {}
+    progress: str | None = None
+
+
+class EvalRecord(_Model):
+    """What the gate remembers of one recent agent evaluation."""
+
+    msg_id: str
+    status: Literal["running", "ok", "error"]
+    output: str = ""
+    stash: dict[str, str] = {}
+    progress: str | None = None
+
+
+class EvalRecords(_Model):
+    """Gate → server: the answer to :class:`EvalQuery` (unknown ids are left out)."""
+
+    type: Literal["eval_records"] = "eval_records"
+    records: list[EvalRecord]
+
+
+#: Session-level marker in an execute_request's metadata: this code is the agent's.
+EVAL_METADATA_KEY = "kaimon"
+
+ServerMessage = Annotated[
+    Hello | CallTool | CancelCall | CancelEval | EvalQuery, Field(discriminator="type")
+]
 GateMessage = Annotated[
-    Welcome | Refused | ToolsChanged | ToolProgress | ToolResult, Field(discriminator="type")
+    Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords,
+    Field(discriminator="type"),
 ]
 
 _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 _gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 
-def parse_server_message(data: object) -> Hello | CallTool | CancelCall:
+def parse_server_message(data: object) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery:
     return _server_adapter.validate_python(data)
 
 
 def parse_gate_message(
     data: object,
-) -> Welcome | Refused | ToolsChanged | ToolProgress | ToolResult:
+) -> Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords:
     return _gate_adapter.validate_python(data)
 
 

@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
 from ._errors import KaimonError
+from ._paths import config_file
 
 __all__ = ["main"]
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+def _seconds(flag: float | None, env: str, key: str, default: float) -> float:
+    """A duration from the command line, else the environment, else the config file."""
+    if flag is not None:
+        return flag
+    raw = os.environ.get(env, "").strip()
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SystemExit(f"kaimon: {env}={raw!r} is not a number of seconds") from None
+    value = _config().get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise SystemExit(f"kaimon: {key!r} in {config_file()} must be a number of seconds")
+    return float(value)
+
+
+def _config() -> dict[str, object]:
+    path = config_file()
+    if not path.exists():
+        return {}
     try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"kaimon: {name}={raw!r} is not a number of seconds") from None
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise SystemExit(f"kaimon: {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"kaimon: {path} must hold a JSON object")
+    return data
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"seconds before a running ex returns an eval_id "
         f"(default $KAIMON_PROMOTE_AFTER or {DEFAULT_PROMOTE_AFTER:g}; <=0: never)",
+    )
+    s.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=None,
+        help="seconds cancel_eval waits for code to stop by itself before it "
+        "interrupts the kernel (default $KAIMON_CANCEL_GRACE or 3)",
     )
     s.add_argument("--log-level", default="WARNING")
 
@@ -80,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from ._paths import load_or_create_token, token_file
 
     if args.command == "serve":
-        from .server._core import DEFAULT_PROMOTE_AFTER, ServerOptions
+        from .server._core import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER, ServerOptions
         from .server._http import check_bind
         from .server._run import serve_forever
 
@@ -89,10 +117,15 @@ def _run(args: argparse.Namespace) -> int:
             stream=sys.stderr,
             format="kaimon %(levelname)s %(name)s: %(message)s",
         )
-        promote = args.promote_after
-        if promote is None:
-            promote = _env_float("KAIMON_PROMOTE_AFTER", DEFAULT_PROMOTE_AFTER)
-        options = ServerOptions(auto_start=args.auto_start, promote_after=promote)
+        options = ServerOptions(
+            auto_start=args.auto_start,
+            promote_after=_seconds(
+                args.promote_after, "KAIMON_PROMOTE_AFTER", "promote_after", DEFAULT_PROMOTE_AFTER
+            ),
+            cancel_grace=_seconds(
+                args.cancel_grace, "KAIMON_CANCEL_GRACE", "cancel_grace", DEFAULT_CANCEL_GRACE
+            ),
+        )
         token = None
         if args.http:
             token = None if args.no_auth else load_or_create_token()

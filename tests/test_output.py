@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kaimon_kernel.server._output import MAX_IMAGE_B64, OutputCapture, strip_ansi
+from kaimon_kernel._output import MAX_IMAGE_B64, OutputCapture, strip_ansi
 
 
 def test_short_output_is_kept_whole() -> None:

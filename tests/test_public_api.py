@@ -19,6 +19,7 @@ PUBLIC = [
     "progress",
     "register",
     "serve",
+    "stash",
     "stop",
     "tool",
     "unload_ipython_extension",

@@ -47,7 +47,7 @@ async def test_serve_flags_are_reported_in_list_sessions(make_person) -> None:
 
 
 async def test_stdout_stderr_and_value_come_back_in_order(person: PersonKernel) -> None:
-    code = "import sys\nprint('out')\nprint('err', file=sys.stderr)\n6 * 7"
+    code = "import sys\nprint('out', flush=True)\nprint('err', file=sys.stderr, flush=True)\n6 * 7"
     async with stdio_client() as client:
         result = await client.call_tool("ex", {"code": code})
         quiet = await client.call_tool("ex", {"code": "6 * 7", "quiet": True})

@@ -1,9 +1,10 @@
 """The in-kernel half of kaimon."""
 
+from ._context import is_cancelled, progress, stash
 from ._gate import Gate, current_gate, list_tools, register, serve, stop, tool, unregister
 from ._magics import KaimonMagics, autoserve_from_env
 from ._schema import ToolArgumentError, ToolDefinitionError
-from ._tools import GateTool, is_cancelled, progress
+from ._tools import GateTool
 
 __all__ = [
     "Gate",
@@ -18,6 +19,7 @@ __all__ = [
     "progress",
     "register",
     "serve",
+    "stash",
     "stop",
     "tool",
     "unregister",

@@ -25,6 +25,9 @@ from .._protocol import (
     COMM_TARGET,
     CallTool,
     CancelCall,
+    CancelEval,
+    EvalQuery,
+    EvalRecords,
     Hello,
     Refused,
     SessionInfo,
@@ -34,7 +37,8 @@ from .._protocol import (
     check_protocol,
     parse_server_message,
 )
-from ._tools import CallContext, GateTool, ToolRegistry, check_tools, run_call
+from ._context import CallContext, EvalTracker, set_tracker
+from ._tools import GateTool, ToolRegistry, check_tools, run_call
 
 __all__ = [
     "Gate",
@@ -93,6 +97,8 @@ class Gate:
         self.tools.listeners.append(self._broadcast_tools)
         self._calls: dict[str, CallContext] = {}
         self._registered = False
+        self.evals = EvalTracker(shell, self._broadcast)
+        set_tracker(self.evals)
         atexit.register(self._remove_session_file)
 
     @property
@@ -110,6 +116,7 @@ class Gate:
         started_by: Literal["person", "agent"] = "person",
         key: str | None = None,
         tools: Iterable[GateTool] = (),
+        promote_after: float | None = None,
     ) -> SessionInfo:
         self._register_target()
         new_tools = check_tools(tools)
@@ -129,6 +136,7 @@ class Gate:
             started_by=started_by,
             allow_mirror=allow_mirror,
             allow_restart=allow_restart,
+            promote_after=promote_after,
         )
         write_private(session_file_for(self.info.key), self.info.model_dump_json(indent=1))
         if new_tools:
@@ -193,6 +201,11 @@ class Gate:
             call = self._calls.get(message.call_id)
             if call is not None:
                 call.cancelled.set()
+        elif isinstance(message, CancelEval):
+            self.evals.cancel(message.msg_id)
+        elif isinstance(message, EvalQuery):
+            records = EvalRecords(records=self.evals.query(message.msg_ids))
+            comm.send(records.model_dump(mode="json"))
 
     def _start_call(self, comm: Any, request: CallTool) -> None:
         def send_progress(text: str, value: float | None, total: float | None) -> None:
@@ -217,14 +230,18 @@ class Gate:
         threading.Thread(target=work, name=f"kaimon-tool-{request.name}", daemon=True).start()
 
     def _broadcast_tools(self) -> None:
+        self._broadcast(ToolsChanged(tools=self.tools.specs()))
+
+    def _broadcast(self, message: Any) -> None:
+        """Send a protocol message to every connected server."""
         if self.info is None:
             return
-        update = ToolsChanged(tools=self.tools.specs()).model_dump(mode="json")
+        data = message.model_dump(mode="json")
         for link in list(self.servers.values()):
             try:
-                link.comm.send(update)
+                link.comm.send(data)
             except Exception:
-                logger.debug("sending tools_changed failed", exc_info=True)
+                logger.debug("sending %s failed", message.type, exc_info=True)
 
     def status_text(self) -> str:
         if self.info is None:
@@ -274,6 +291,7 @@ def serve(
     description: str = "",
     allow_mirror: bool = True,
     allow_restart: bool = True,
+    promote_after: float | None = None,
 ) -> SessionInfo:
     """Share this kernel with agents: the kaimon server will list it and run code in it.
 
@@ -281,7 +299,8 @@ def serve(
     ``namespace`` prefixes the session's tool names (default: the working directory's name);
     ``label`` is the name agents use to pick the session (default: the namespace).
     ``allow_mirror`` / ``allow_restart`` say whether an agent may turn on mirroring or
-    restart the kernel. Calling it again updates the session and keeps its key.
+    restart the kernel. ``promote_after`` (seconds) overrides the server's for this session.
+    Calling it again updates the session and keeps its key.
     """
     return current_gate().serve(
         tools=tools,
@@ -290,6 +309,7 @@ def serve(
         description=description,
         allow_mirror=allow_mirror,
         allow_restart=allow_restart,
+        promote_after=promote_after,
     )
 
 

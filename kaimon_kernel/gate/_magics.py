@@ -15,8 +15,10 @@ __all__ = ["KaimonMagics", "autoserve_from_env"]
 
 USAGE = """\
 %kaimon serve [--namespace NS] [--label LABEL] [--description TEXT] [--no-mirror] [--no-restart]
+              [--promote-after SECONDS]
 %kaimon status
 %kaimon tools
+%kaimon jobs [--all]
 %kaimon stop"""
 
 
@@ -34,8 +36,11 @@ def _parser() -> _Parser:
     s.add_argument("--description", default="")
     s.add_argument("--no-mirror", dest="allow_mirror", action="store_false")
     s.add_argument("--no-restart", dest="allow_restart", action="store_false")
+    s.add_argument("--promote-after", type=float, default=None)
     sub.add_parser("status", add_help=False)
     sub.add_parser("tools", add_help=False)
+    j = sub.add_parser("jobs", add_help=False)
+    j.add_argument("--all", action="store_true")
     sub.add_parser("stop", add_help=False)
     return p
 
@@ -60,6 +65,7 @@ class KaimonMagics(Magics):
                 description=args.description,
                 allow_mirror=args.allow_mirror,
                 allow_restart=args.allow_restart,
+                promote_after=args.promote_after,
             )
             print(
                 f"kaimon: serving session {info.key} (label {info.label!r}). "
@@ -75,6 +81,8 @@ class KaimonMagics(Magics):
             for t in tools:
                 first = (t.spec().description or "").strip().splitlines()[:1]
                 print(f"{ns}_{t.name}: {first[0] if first else '(no description)'}")
+        elif args.command == "jobs":
+            _print_jobs(None if args.all or gate.info is None else gate.info.session_id)
         elif args.command == "stop":
             was = gate.stop()
             print(
@@ -98,3 +106,24 @@ def autoserve_from_env(shell: Any) -> None:
         key=os.environ.pop("KAIMON_SESSION_KEY", None) or None,
         started_by="agent" if started_by == "agent" else "person",
     )
+
+
+def _print_jobs(session_id: str | None) -> None:
+    """The agent's background jobs, newest first, from the server's job store."""
+    import time
+
+    from ..server._jobs import JobStore
+
+    store = JobStore()
+    try:
+        jobs = [j for j in store.list(limit=200) if session_id in (None, j.session_id)][:20]
+    finally:
+        store.close()
+    if not jobs:
+        print("kaimon: no background jobs" + (" in this session" if session_id else ""))
+        return
+    for job in jobs:
+        first = (job.code.strip().splitlines() or [""])[0][:60]
+        when = time.strftime("%H:%M:%S", time.localtime(job.created_at))
+        extra = f"  progress: {job.last_progress}" if job.last_progress else ""
+        print(f"{job.id}  {job.status:9}  {when}  {job.elapsed:8.1f} s  {first!r}{extra}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import dataclasses
 import inspect
 import io
@@ -24,16 +23,10 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from .._protocol import Block, ImageBlock, TextBlock, ToolResult, ToolSpec
+from ._context import CallContext, current_call
 from ._schema import Signature, ToolArgumentError, ToolDefinitionError
 
-__all__ = [
-    "CallContext",
-    "GateTool",
-    "ToolRegistry",
-    "is_cancelled",
-    "progress",
-    "to_result",
-]
+__all__ = ["GateTool", "ToolRegistry", "run_call", "to_result"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -107,43 +100,6 @@ class ToolRegistry:
             listener()
 
 
-@dataclasses.dataclass
-class CallContext:
-    """The tool call the current code runs for."""
-
-    call_id: str
-    send_progress: Callable[[str, float | None, float | None], None]
-    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
-    "kaimon_call", default=None
-)
-_warned_outside = False
-
-
-def _outside(what: str) -> None:
-    global _warned_outside
-    if not _warned_outside:
-        _warned_outside = True
-        print(f"kaimon: {what}() called outside an agent's tool call; it does nothing here.")
-
-
-def progress(message: str, progress: float | None = None, total: float | None = None) -> None:
-    """Tell the agent how a running tool call is doing (an MCP progress notification)."""
-    call = _current.get()
-    if call is None:
-        _outside("progress")
-        return
-    call.send_progress(str(message), progress, total)
-
-
-def is_cancelled() -> bool:
-    """Whether the agent cancelled the current call (or it timed out): stop soon if so."""
-    call = _current.get()
-    return call is not None and call.cancelled.is_set()
-
-
 def _image_block(value: Any) -> ImageBlock | None:
     png: bytes | None = None
     if hasattr(value, "savefig"):  # matplotlib Figure
@@ -201,7 +157,7 @@ def run_call(
         args, kwargs = tool.signature.bind(arguments)
     except ToolArgumentError as err:
         return _error(call.call_id, f"{tool.name}: {err}")
-    token = _current.set(call)
+    token = current_call.set(call)
     try:
         if inspect.iscoroutinefunction(tool.handler):
             value = asyncio.run(tool.handler(*args, **kwargs))
@@ -215,7 +171,7 @@ def run_call(
         tb = "".join(traceback.format_exception(type(err), err, frames, limit=-6))
         return _error(call.call_id, f"{tool.name} raised {type(err).__name__}: {err}\n{tb}")
     finally:
-        _current.reset(token)
+        current_call.reset(token)
 
 
 def check_tools(tools: Iterable[Any]) -> list[GateTool]:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"
 
 DEFAULT_PROMOTE_AFTER = 30.0
 JOB_SAVE_INTERVAL = 2.0
+DEFAULT_CANCEL_GRACE = 3.0
+INTERRUPT_WAIT = 10.0
 
 
 def _wall(monotonic: float | None) -> float | None:
@@ -37,6 +40,7 @@ class ServerOptions:
 
     auto_start: bool = True
     promote_after: float = DEFAULT_PROMOTE_AFTER
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
     cwd: str = field(default_factory=os.getcwd)
 
 
@@ -56,8 +60,6 @@ class TrackedEval:
     eval_id: str
     session: KernelSession
     execution: Execution
-    stash: dict[str, str] = field(default_factory=dict)
-    last_progress: str | None = None
 
     @property
     def session_key(self) -> str:
@@ -90,6 +92,9 @@ class Kaimon:
         """Discovery runs inside; kernels this server started are shut down on the way out."""
         await self.registry.scan()
         task = asyncio.create_task(self.registry.run(), name="kaimon-discovery")
+        recovery = asyncio.create_task(self.recover_jobs(), name="kaimon-recover-jobs")
+        self._job_tasks.add(recovery)
+        recovery.add_done_callback(self._job_tasks.discard)
         try:
             yield self
         finally:
@@ -127,7 +132,7 @@ class Kaimon:
 
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
         """Make ``execution`` a background job: stored, followed to its end, never lost."""
-        eval_id = execution.msg_id.replace("-", "")[:12]
+        eval_id = uuid.uuid4().hex[:12]
         tracked = TrackedEval(eval_id, session, execution)
         self.evals[eval_id] = tracked
         self.jobs.add(
@@ -142,20 +147,73 @@ class Kaimon:
                 created_at=time.time() - execution.elapsed,
             )
         )
-        task = asyncio.create_task(self._follow_job(tracked), name=f"job-{eval_id}")
+        self._adopt(tracked)
+        return tracked
+
+    def _adopt(self, tracked: TrackedEval) -> None:
+        self.evals[tracked.eval_id] = tracked
+        task = asyncio.create_task(self._follow_job(tracked), name=f"job-{tracked.eval_id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
-        return tracked
+
+    async def recover_jobs(self) -> None:
+        """After a restart: re-attach jobs whose kernel still runs; the rest become lost."""
+        groups: dict[tuple[str, int], list[Job]] = {}
+        for job in self.jobs.running():
+            groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
+        for (session_id, pid), jobs in groups.items():
+            session = next(
+                (
+                    s
+                    for s in self.registry.sessions.values()
+                    if s.info.session_id == session_id and s.info.pid == pid
+                ),
+                None,
+            )
+            if session is not None:
+                await session.wait_ready(15)
+            try:
+                if session is None or session.state != "ready":
+                    raise KaimonError(
+                        f"its kernel (pid {pid}) is gone or no longer served"
+                        if session is None
+                        else f"its session {session.key} is {session.state}"
+                    )
+                await self._reattach(session, jobs)
+            except KaimonError as err:
+                for job in jobs:
+                    self.jobs.update(
+                        job.id,
+                        status="lost",
+                        finished_at=time.time(),
+                        reason=f"lost while the server was down: {err}",
+                    )
+
+    async def _reattach(self, session: KernelSession, jobs: list[Job]) -> None:
+        # Follow first, then ask: an evaluation ending in between is not missed.
+        followed = {job.msg_id: session.follow(job.msg_id, job.code) for job in jobs}
+        records = {r.msg_id: r for r in await session.query_evals(list(followed))}
+        for job in jobs:
+            execution = followed[job.msg_id]
+            record = records.get(job.msg_id)
+            # No record: the code has not started yet (queued behind other work); keep following.
+            if record is not None and record.status != "running" and not execution.done.is_set():
+                execution.finish_from(record.status, record.output)
+            execution.stash.update(record.stash if record else {})
+            if record is not None and record.progress:
+                execution.last_progress = record.progress
+            self._adopt(TrackedEval(job.id, session, execution))
 
     async def _follow_job(self, tracked: TrackedEval) -> None:
         """Save the job's output as it grows, and its outcome when it ends."""
         execution = tracked.execution
-        saved_at: float | None = None
+        saved_at: tuple[object, ...] = ()
         while not execution.done.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(execution.done.wait(), JOB_SAVE_INTERVAL)
-            if not execution.done.is_set() and execution.last_output_at != saved_at:
-                saved_at = execution.last_output_at
+            stamp = (execution.last_output_at, execution.last_progress, len(execution.stash))
+            if not execution.done.is_set() and stamp != saved_at:
+                saved_at = stamp
                 self.save_progress(tracked)
         self.jobs.update(
             tracked.eval_id,
@@ -164,8 +222,8 @@ class Kaimon:
             last_output_at=_wall(execution.last_output_at),
             output=execution.capture.text(),
             reason=execution.reason,
-            stash=tracked.stash,
-            last_progress=tracked.last_progress,
+            stash=execution.stash,
+            last_progress=execution.last_progress,
         )
 
     def save_progress(self, tracked: TrackedEval) -> None:
@@ -173,9 +231,25 @@ class Kaimon:
             tracked.eval_id,
             last_output_at=_wall(tracked.execution.last_output_at),
             output=tracked.execution.capture.text(),
-            stash=tracked.stash,
-            last_progress=tracked.last_progress,
+            stash=tracked.execution.stash,
+            last_progress=tracked.execution.last_progress,
         )
+
+    async def cancel(self, tracked: TrackedEval) -> str:
+        """Cancel a running job; returns how it stopped. The job ends ``cancelled``."""
+        execution, session = tracked.execution, tracked.session
+        session.cancel_eval(execution)
+        if await _wait(execution, self.options.cancel_grace):
+            return "it stopped cooperatively"
+        how = await session.interrupt()
+        if await _wait(execution, INTERRUPT_WAIT):
+            return f"it ignored the flag, so the kernel was interrupted ({how})"
+        execution.fail(
+            "cancelled",
+            f"cancelled; the kernel was interrupted ({how}) but the code had not stopped "
+            f"{INTERRUPT_WAIT:g} s later: the session may still be busy",
+        )
+        return "interrupt sent, but the code has not stopped yet"
 
     def find_job(self, eval_id: str) -> Job:
         """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
@@ -214,3 +288,9 @@ class Kaimon:
                 name = f"{prefix}_{spec.name}"
                 table[name] = GateToolRef(name, session, spec)
         return table
+
+
+async def _wait(execution: Execution, timeout: float) -> bool:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(execution.done.wait(), timeout)
+    return execution.done.is_set()

@@ -108,9 +108,21 @@ class JobStore:
                 "INSERT INTO jobs (id, msg_id, session_key, session_id, kernel_pid, code, status,"
                 " created_at, last_output_at, stash, last_progress, output, reason)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.msg_id, job.session_key, job.session_id, job.kernel_pid, job.code,
-                 job.status, job.created_at, job.last_output_at, json.dumps(job.stash),
-                 job.last_progress, job.output, job.reason),
+                (
+                    job.id,
+                    job.msg_id,
+                    job.session_key,
+                    job.session_id,
+                    job.kernel_pid,
+                    job.code,
+                    job.status,
+                    job.created_at,
+                    job.last_output_at,
+                    json.dumps(job.stash),
+                    job.last_progress,
+                    job.output,
+                    job.reason,
+                ),
             )
 
     def update(self, job_id: str, **fields: Any) -> None:

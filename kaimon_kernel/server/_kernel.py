@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -21,10 +22,17 @@ from typing import Any, Literal
 from jupyter_client.asynchronous import AsyncKernelClient
 
 from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
+from .._output import OutputCapture
 from .._protocol import (
     COMM_TARGET,
+    EVAL_METADATA_KEY,
     CallTool,
     CancelCall,
+    CancelEval,
+    EvalQuery,
+    EvalRecord,
+    EvalRecords,
+    EvalUpdate,
     Hello,
     Refused,
     SessionInfo,
@@ -37,13 +45,12 @@ from .._protocol import (
     check_protocol,
     parse_gate_message,
 )
-from ._output import OutputCapture
 
 __all__ = ["Activity", "Execution", "KernelSession", "PendingCall", "pid_alive"]
 
 logger = logging.getLogger(__name__)
 
-ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted"]
+ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted", "cancelled"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,6 +83,12 @@ class Execution:
     reason: str = ""
     quiet: bool = False
     last_output_at: float | None = None
+    stash: dict[str, str] = field(default_factory=dict)
+    last_progress: str | None = None
+    new_progress: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+    #: Picked up again after a server restart: the execute_reply went to the old server.
+    reattached: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _reply: dict[str, Any] | None = None
     _idle: bool = False
@@ -117,8 +130,17 @@ class Execution:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self._reply is None or not self._idle or self.done.is_set():
+        if not self._idle or self.done.is_set():
             return
+        if self.cancel_requested:
+            self.status = "cancelled"
+            self.reason = self.reason or "cancelled by the agent"
+            self._finish()
+            return
+        if self._reply is None:
+            if not self.reattached:
+                return
+            self._reply = {"status": "error" if self.capture.error else "ok"}
         status = self._reply.get("status")
         if status == "ok":
             self.status = "ok"
@@ -135,6 +157,14 @@ class Execution:
                     self._reply.get("evalue", ""),
                     self._reply.get("traceback", []),
                 )
+        self._finish()
+
+    def finish_from(self, status: str, output: str) -> None:
+        """End with what the gate recorded (the evaluation ended while no server listened)."""
+        self.capture = OutputCapture(limit=self.capture.limit)
+        self.capture.add_text(output)
+        self.status = "ok" if status == "ok" else "error"
+        self.reason = "finished while the server was down; recovered from the kernel"
         self._finish()
 
     def fail(self, status: ExecStatus, reason: str) -> None:
@@ -198,6 +228,7 @@ class KernelSession:
         self.on_tools_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
         self.calls: dict[str, PendingCall] = {}
+        self._queries: list[asyncio.Future[list[EvalRecord]]] = []
         self._comm_id = uuid.uuid4().hex
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -415,6 +446,18 @@ class KernelSession:
             self.tools = message.tools
             if self.on_tools_changed is not None:
                 self.on_tools_changed()
+        elif isinstance(message, EvalUpdate):
+            ex = self.executions.get(message.msg_id)
+            if ex is not None:
+                ex.stash.update(message.stash)
+                if message.progress is not None:
+                    ex.last_progress = message.progress
+                    ex.new_progress.append(message.progress)
+        elif isinstance(message, EvalRecords):
+            for fut in self._queries:
+                if not fut.done():
+                    fut.set_result(message.records)
+            self._queries.clear()
         elif isinstance(message, ToolProgress):
             call = self.calls.get(message.call_id)
             if call is not None:
@@ -452,6 +495,7 @@ class KernelSession:
                 "allow_stdin": False,
                 "stop_on_error": False,
             },
+            metadata={EVAL_METADATA_KEY: {"server_pid": self.server_pid}},
         )
         ex = Execution(msg["header"]["msg_id"], code, OutputCapture(limit=max_output), quiet=quiet)
         self.executions[ex.msg_id] = ex
@@ -473,6 +517,45 @@ class KernelSession:
         if self.state == "ready" and self.alive():
             data = CancelCall(call_id=call_id).model_dump()
             self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+
+    def follow(self, msg_id: str, code: str, *, max_output: int = 6000) -> Execution:
+        """Pick up an evaluation another server started (its output still flows on iopub)."""
+        ex = Execution(msg_id, code, OutputCapture(limit=max_output), reattached=True)
+        ex.started_at = ex.sent_at
+        ex.status = "running"
+        self.executions[msg_id] = ex
+        return ex
+
+    async def query_evals(self, msg_ids: list[str], timeout: float = 10.0) -> list[EvalRecord]:
+        """Ask the gate what became of these evaluations (it keeps the recent ones)."""
+        self.usable()
+        fut: asyncio.Future[list[EvalRecord]] = asyncio.get_running_loop().create_future()
+        self._queries.append(fut)
+        data = EvalQuery(msg_ids=msg_ids).model_dump()
+        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise KernelTimeout(
+                f"session {self.key}'s gate did not answer within {timeout:.0f} s"
+            ) from None
+
+    def cancel_eval(self, execution: Execution) -> None:
+        """Cooperative cancel: ``is_cancelled()`` turns true in the running code."""
+        execution.cancel_requested = True
+        if self.state == "ready" and self.alive():
+            data = CancelEval(msg_id=execution.msg_id).model_dump()
+            self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+
+    async def interrupt(self) -> str:
+        """Interrupt the kernel for real: SIGINT to a local kernel, else an interrupt_request."""
+        self.usable()
+        try:
+            os.kill(self.info.pid, signal.SIGINT)
+            return "signal"
+        except (OSError, AttributeError):
+            await self.control_request("interrupt_request", timeout=5)
+            return "message"
 
     async def control_request(
         self, msg_type: str, content: dict[str, Any] | None = None, timeout: float = 10.0

@@ -276,7 +276,10 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             return _text(str(err), error=True)
         try:
             header = note + ("\n" if note else "")
-            waited = await _follow(target, execution, ctx, kaimon.options.promote_after)
+            promote_after = target.info.promote_after
+            if promote_after is None:
+                promote_after = kaimon.options.promote_after
+            waited = await _follow(target, execution, ctx, promote_after)
         except asyncio.CancelledError:
             kaimon.track(target, execution)  # the client gave up; the code still runs
             raise
@@ -289,7 +292,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
                     f"[it has not started yet: the kernel is {target.activity.describe()}; "
                     "it runs when the kernel is free]\n"
                 )
-            return _promoted(tracked, header, kaimon.options.promote_after)
+            return _promoted(tracked, header, promote_after)
         return CallToolResult(
             content=_result_content(execution, header),
             is_error=execution.status != "ok",
@@ -313,6 +316,30 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         )
 
     @mcp.tool()
+    async def cancel_eval(
+        eval_id: Annotated[str, Field(description="the job's id, or a unique prefix")],
+    ) -> CallToolResult:
+        """Cancel a background job: first the cooperative flag (kaimon_kernel.is_cancelled()),
+        then, if the code has not stopped after the grace period, a real kernel interrupt."""
+        try:
+            job = kaimon.find_job(eval_id)
+        except KaimonError as err:
+            return _text(str(err), error=True)
+        tracked = kaimon.evals.get(job.id)
+        if tracked is None or tracked.execution.done.is_set():
+            status = _job_view(kaimon, job)["status"]
+            return _text(
+                f"job {job.id} is already {status}; nothing to cancel",
+                structured={"eval_id": job.id, "status": status},
+            )
+        try:
+            how = await kaimon.cancel(tracked)
+        except KaimonError as err:
+            return _text(f"cancelling {job.id} failed: {err}", error=True)
+        view = _job_view(kaimon, job)
+        return _text(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
+
+    @mcp.tool()
     async def list_jobs(
         status: Annotated[
             Literal["running", "completed", "failed", "cancelled", "lost"] | None,
@@ -326,10 +353,20 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         rows = []
         for job in jobs:
             first = (job.code.strip().splitlines() or [""])[0][:60]
-            rows.append({"eval_id": job.id, "session": job.session_key, "status": job.status,
-                         "elapsed_s": round(job.elapsed, 1), "code": first})
-        lines = [f"{r['eval_id']}  {r['status']:9}  {r['elapsed_s']:>8.1f} s  session "
-                 f"{r['session']}  {r['code']!r}" for r in rows] or ["no jobs"]
+            rows.append(
+                {
+                    "eval_id": job.id,
+                    "session": job.session_key,
+                    "status": job.status,
+                    "elapsed_s": round(job.elapsed, 1),
+                    "code": first,
+                }
+            )
+        lines = [
+            f"{r['eval_id']}  {r['status']:9}  {r['elapsed_s']:>8.1f} s  session "
+            f"{r['session']}  {r['code']!r}"
+            for r in rows
+        ] or ["no jobs"]
         structured: dict[str, Any] = {"jobs": rows}
         if stats:
             structured["stats"] = kaimon.jobs.stats()
@@ -380,12 +417,19 @@ def _job_view(kaimon: Kaimon, job: Job) -> dict[str, Any]:
         ex = tracked.execution
         done = ex.done.is_set()
         status = JOB_STATUS.get(ex.status, "failed") if done else "running"
-        stash, last_progress = tracked.stash, tracked.last_progress
+        stash, last_progress = ex.stash, ex.last_progress
         elapsed, output, reason = ex.elapsed, ex.capture.text(), ex.reason
+        if ex.reattached:  # started under an earlier server: count from the job's start
+            end = time.time() - (time.monotonic() - ex.finished_at if ex.finished_at else 0.0)
+            elapsed = end - job.created_at
         since = time.monotonic() - ex.last_output_at if ex.last_output_at else None
-    lines = [f"eval_id: {job.id}", f"session: {job.session_key}", f"status: {status}",
-             f"elapsed: {elapsed:.1f} s"
-             + (f", last output {since:.0f} s ago" if since is not None else ", no output yet")]
+    lines = [
+        f"eval_id: {job.id}",
+        f"session: {job.session_key}",
+        f"status: {status}",
+        f"elapsed: {elapsed:.1f} s"
+        + (f", last output {since:.0f} s ago" if since is not None else ", no output yet"),
+    ]
     if reason:
         lines.append(f"reason: {reason}")
     if last_progress:
@@ -440,6 +484,10 @@ async def _follow(
         if execution.done.is_set():
             break
         message = execution.capture.take_new()
+        if execution.new_progress:
+            progress_text = "\n".join(execution.new_progress)
+            execution.new_progress.clear()
+            message = f"{message}\n[progress] {progress_text}" if message else progress_text
         if not message and execution.started_at is None:
             now = time.monotonic()
             if now - execution.sent_at > 1.0 and now - last_wait_note >= WAIT_NOTE_INTERVAL:

@@ -64,8 +64,9 @@ async def raw_comm(cf: str, n: int) -> list[float]:
     await kc.wait_for_ready(timeout=30)
     comm_id = uuid.uuid4().hex
     hello = Hello(server_pid=os.getpid()).model_dump()
-    kc.shell_channel.send(kc.session.msg(
-        "comm_open", {"comm_id": comm_id, "target_name": COMM_TARGET, "data": hello}))
+    kc.shell_channel.send(
+        kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": COMM_TARGET, "data": hello})
+    )
 
     async def next_gate_message(kind: str) -> None:
         while True:
@@ -102,8 +103,9 @@ async def mcp_calls(client: Client, n: int) -> list[float]:
 async def main(n: int) -> None:
     km = start_kernel("bench", 0)
     results = {"raw comm round trip": await raw_comm(km.connection_file, n)}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "kaimon_kernel", "serve"],
-                                   env=dict(os.environ))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "kaimon_kernel", "serve"], env=dict(os.environ)
+    )
     async with Client(params, read_timeout_seconds=60, cache=None) as client:
         results["gate tool via stdio"] = await mcp_calls(client, n)
 
@@ -112,7 +114,8 @@ async def main(n: int) -> None:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "kaimon_kernel", "serve", "--http", "--port", str(port)],
-        env={**os.environ, "KAIMON_TOKEN": TOKEN}, stderr=subprocess.DEVNULL,
+        env={**os.environ, "KAIMON_TOKEN": TOKEN},
+        stderr=subprocess.DEVNULL,
     )
     extra = []
     try:
@@ -122,9 +125,12 @@ async def main(n: int) -> None:
                     break
             time.sleep(0.05)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=60) as http, Client(
-            streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), cache=None
-        ) as client:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), cache=None
+            ) as client,
+        ):
             results["gate tool via HTTP"] = await mcp_calls(client, n)
             # 10 more sessions x 21 tools: 211 gate tools in all
             extra = [start_kernel(f"ns{i}", 20) for i in range(10)]
@@ -149,10 +155,14 @@ async def main(n: int) -> None:
     print(f"no-op gate tool call, n={n}, same kernel, same run")
     print(f"{'path':22} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
     for name, samples in results.items():
-        print(f"{name:22} {pct(samples, .5):8.2f} {pct(samples, .99):8.2f} "
-              f"{statistics.median(samples) / floor:9.2f}x")
-    print(f"tools/list over HTTP, {count} tools ({gate_count} gate tools, 11 sessions): "
-          f"p50 {pct(list_times, .5):.2f} ms, p99 {pct(list_times, .99):.2f} ms")
+        print(
+            f"{name:22} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
+            f"{statistics.median(samples) / floor:9.2f}x"
+        )
+    print(
+        f"tools/list over HTTP, {count} tools ({gate_count} gate tools, 11 sessions): "
+        f"p50 {pct(list_times, 0.5):.2f} ms, p99 {pct(list_times, 0.99):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -184,3 +184,42 @@ def test_stash_outside_an_agent_evaluation_says_so_once(person: PersonKernel) ->
     _, second = person.run("kaimon_kernel.stash('x', 2)")
     assert "outside an agent's evaluation" in first
     assert second == ""
+
+
+def test_two_stores_on_one_file_write_side_by_side(tmp_path: Path) -> None:
+    import threading
+    import time as _time
+
+    from kaimon_kernel.server._jobs import Job
+
+    path = tmp_path / "jobs.sqlite3"
+    stores = [JobStore(path), JobStore(path)]
+
+    def write(store: JobStore, prefix: str) -> None:
+        for i in range(100):
+            job_id = f"{prefix}{i:03d}"
+            store.add(
+                Job(
+                    id=job_id,
+                    msg_id=job_id,
+                    session_key="k",
+                    session_id="s",
+                    kernel_pid=1,
+                    code="1",
+                    status="running",
+                    created_at=_time.time(),
+                )
+            )
+            store.update(job_id, status="completed", finished_at=_time.time())
+
+    threads = [
+        threading.Thread(target=write, args=(s, p)) for s, p in zip(stores, "ab", strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    counts = stores[0].stats()["counts"]
+    for s in stores:
+        s.close()
+    assert counts == {"completed": 200}

@@ -225,6 +225,7 @@ class Kaimon:
             stash=execution.stash,
             last_progress=execution.last_progress,
         )
+        self.evals.pop(tracked.eval_id, None)  # the store has it all now
 
     def save_progress(self, tracked: TrackedEval) -> None:
         self.jobs.update(

@@ -1,0 +1,144 @@
+"""Job bookkeeping: a short ex with and without the promotion machinery against the raw
+jupyter_client floor (same kernel, same run); server memory with 1,000 finished jobs and
+with one job printing 100 MB over its life.
+
+    python bench/bench_jobs.py [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
+for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
+    os.environ[name] = str(ROOT / name.lower())
+os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+TOKEN = "bench-token-0123456789abcdef"
+
+sys.path.insert(0, str(Path(__file__).parent))
+import httpx2  # noqa: E402
+from bench_ex import mcp_loop, pct, peak_rss_mb, raw_floor  # noqa: E402
+from jupyter_client.manager import KernelManager  # noqa: E402
+from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def stdio(n: int, *extra: str) -> list[float]:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "kaimon_kernel", "serve", *extra], env=dict(os.environ)
+    )
+    async with Client(params, read_timeout_seconds=60) as client:
+        return await mcp_loop(client, n)
+
+
+async def main(n: int) -> None:
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=30)
+    kc.execute_interactive("%load_ext kaimon_kernel\n%kaimon serve --label bench", timeout=30)
+
+    results = {"raw jupyter_client": await raw_floor(km.connection_file, n)}
+    results["ex, promotion off"] = await stdio(n, "--promote-after", "0")
+    results["ex, promote after 30 s"] = await stdio(n)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kaimon_kernel",
+            "serve",
+            "--http",
+            "--port",
+            str(port),
+            "--promote-after",
+            "0.001",
+        ],
+        env={**os.environ, "KAIMON_TOKEN": TOKEN},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=120) as http,
+            Client(
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+            ) as client,
+        ):
+            await client.call_tool("list_sessions", {})
+            base = rss_mb(server.pid)
+            t = time.perf_counter()
+            promoted = 0
+            for i in range(1000):
+                r = await client.call_tool("ex", {"code": f"print({i})"})
+                promoted += bool(r.structured_content and "eval_id" in r.structured_content)
+            while (await client.call_tool("list_jobs", {"status": "running"})).structured_content[
+                "jobs"
+            ]:
+                await asyncio.sleep(0.1)
+            thousand = time.perf_counter() - t
+            after_jobs = rss_mb(server.pid)
+            stats = (await client.call_tool("list_jobs", {"stats": True})).structured_content
+            r = await client.call_tool(
+                "ex", {"code": "for i in range(100):\n    print('x' * 1_000_000)"}
+            )
+            eval_id = r.structured_content["eval_id"]
+            t = time.perf_counter()
+            while (await client.call_tool("check_eval", {"eval_id": eval_id})).structured_content[
+                "status"
+            ] == "running":
+                await asyncio.sleep(0.1)
+            big = time.perf_counter() - t
+            peak = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(15)
+        km.shutdown_kernel(now=True)
+
+    floor = statistics.median(results["raw jupyter_client"])
+    print(f"short ex('1+1'), n={n}, same kernel, same run (stdio)")
+    print(f"{'path':24} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
+    for name, samples in results.items():
+        print(
+            f"{name:24} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
+            f"{statistics.median(samples) / floor:9.2f}x"
+        )
+    print(
+        f"1,000 ex calls ({promoted} promoted to jobs, the rest done within 1 ms) in "
+        f"{thousand:.1f} s; jobs counted {stats['stats']['counts']}; "
+        f"server RSS {base:.0f} MB -> {after_jobs:.0f} MB"
+    )
+    print(
+        f"one job printing 100 MB: done {big:.1f} s after promotion; server peak RSS {peak:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    asyncio.run(main(ap.parse_args().n))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ipykernel.kernelbase import Kernel
+
 from .._errors import KaimonError, ProtocolMismatch
 from .._paths import sessions_dir, write_private
 from .._protocol import (
@@ -61,6 +63,17 @@ class ServerLink:
     server_pid: int
     since: float
     comm: Any
+
+
+def send(comm: Any, message: Any) -> None:
+    """Send a protocol message to the server on ``comm``, from any thread.
+
+    Not ``comm.send``: ipykernel 7 routes a comm's *incoming* messages to the subshell of
+    the last thread that sent on it, so a send from the person's cell would queue the
+    server's next message (a cancel, a tool call) behind that very cell."""
+    kernel = getattr(comm, "kernel", None) or Kernel.instance()
+    content = {"data": message.model_dump(mode="json"), "comm_id": comm.comm_id}
+    kernel.session.send(kernel.iopub_socket, "comm_msg", content, parent=None, ident=comm.topic)
 
 
 def session_file_for(key: str) -> Path:
@@ -181,13 +194,13 @@ class Gate:
             if self.info is None:
                 raise KaimonError("this kernel is not served (run %kaimon serve)")
         except (ProtocolMismatch, KaimonError, ValueError) as err:
-            comm.send(Refused(reason=str(err)).model_dump(mode="json"))
+            send(comm, Refused(reason=str(err)))
             comm.close()
             return
         self.servers[comm.comm_id] = ServerLink(hello.server_pid, time.time(), comm)
         comm.on_close(lambda _msg: self.servers.pop(comm.comm_id, None))
         comm.on_msg(lambda msg: self._on_comm_msg(comm, msg))
-        comm.send(Welcome(session=self.info, tools=self.tools.specs()).model_dump(mode="json"))
+        send(comm, Welcome(session=self.info, tools=self.tools.specs()))
 
     def _on_comm_msg(self, comm: Any, msg: dict[str, Any]) -> None:
         try:
@@ -205,14 +218,14 @@ class Gate:
             self.evals.cancel(message.msg_id)
         elif isinstance(message, EvalQuery):
             records = EvalRecords(records=self.evals.query(message.msg_ids))
-            comm.send(records.model_dump(mode="json"))
+            send(comm, records)
 
     def _start_call(self, comm: Any, request: CallTool) -> None:
         def send_progress(text: str, value: float | None, total: float | None) -> None:
             update = ToolProgress(
                 call_id=request.call_id, message=text, progress=value, total=total
             )
-            comm.send(update.model_dump(mode="json"))
+            send(comm, update)
 
         call = CallContext(request.call_id, send_progress)
         self._calls[request.call_id] = call
@@ -222,7 +235,7 @@ class Gate:
                 result = run_call(
                     self.tools.get(request.name), request.name, request.arguments, call
                 )
-                comm.send(result.model_dump(mode="json"))
+                send(comm, result)
             finally:
                 self._calls.pop(request.call_id, None)
 
@@ -236,10 +249,9 @@ class Gate:
         """Send a protocol message to every connected server."""
         if self.info is None:
             return
-        data = message.model_dump(mode="json")
         for link in list(self.servers.values()):
             try:
-                link.comm.send(data)
+                send(link.comm, message)
             except Exception:
                 logger.debug("sending %s failed", message.type, exc_info=True)
 

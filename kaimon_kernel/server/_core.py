@@ -60,6 +60,8 @@ class TrackedEval:
     eval_id: str
     session: KernelSession
     execution: Execution
+    #: Set once the job's outcome is in the store.
+    saved: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def session_key(self) -> str:
@@ -225,6 +227,7 @@ class Kaimon:
             stash=execution.stash,
             last_progress=execution.last_progress,
         )
+        tracked.saved.set()
         self.evals.pop(tracked.eval_id, None)  # the store has it all now
 
     def save_progress(self, tracked: TrackedEval) -> None:
@@ -238,6 +241,12 @@ class Kaimon:
 
     async def cancel(self, tracked: TrackedEval) -> str:
         """Cancel a running job; returns how it stopped. The job ends ``cancelled``."""
+        how = await self._cancel(tracked)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(tracked.saved.wait(), 5)
+        return how
+
+    async def _cancel(self, tracked: TrackedEval) -> str:
         execution, session = tracked.execution, tracked.session
         session.cancel_eval(execution)
         if await _wait(execution, self.options.cancel_grace):

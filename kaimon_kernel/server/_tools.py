@@ -336,7 +336,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             how = await kaimon.cancel(tracked)
         except KaimonError as err:
             return _text(f"cancelling {job.id} failed: {err}", error=True)
-        view = _job_view(kaimon, job)
+        view = _job_view(kaimon, kaimon.jobs.get(job.id) or job)
         return _text(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
 
     @mcp.tool()

@@ -13,7 +13,10 @@ kaimon connects you to live Jupyter (IPython) kernels that a person shares with 
 - Output is bounded by `max_output` characters (head and tail kept, the cut is stated):
   print summaries, not whole data sets. `quiet=true` drops the value of the last expression.
 - Long code returns after `promote_after` seconds with an `eval_id`; it keeps running.
-  Poll it with `check_eval(eval_id)`.
+  Poll it with `check_eval(eval_id)`, stop it with `cancel_eval(eval_id)`, see all with
+  `list_jobs`. In long code, call `kaimon_kernel.progress("...")`,
+  `kaimon_kernel.stash("name", value)` and check `kaimon_kernel.is_cancelled()`.
+- Tools named `<namespace>_<tool>` are functions the person wrote for you: prefer them.
 - The kernel is shared: do not restart or reassign what the person is using without asking.
   If the person's own cell is running, your code waits for it; you are told so.
 """

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "config_file",
     "data_dir",
     "load_or_create_token",
+    "resume_file_for",
     "sessions_dir",
     "token_file",
     "write_private",
@@ -35,6 +37,12 @@ def sessions_dir() -> Path:
     path = Path(jupyter_runtime_dir()) / "kaimon"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def resume_file_for(connection_file: str) -> Path:
+    """Marks a served kernel: if its owner restarts it (same connection file), serve again."""
+    digest = hashlib.sha1(os.path.abspath(connection_file).encode()).hexdigest()[:16]
+    return sessions_dir() / f"resume-{digest}.json"
 
 
 def data_dir() -> Path:

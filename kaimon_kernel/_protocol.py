@@ -30,6 +30,7 @@ __all__ = [
     "ImageBlock",
     "ServerMessage",
     "SessionInfo",
+    "SetInfo",
     "TextBlock",
     "ToolProgress",
     "ToolResult",
@@ -204,11 +205,19 @@ class EvalRecords(_Model):
     records: list[EvalRecord]
 
 
+class SetInfo(_Model):
+    """Server → gate: the agent relabels the session (``set_session_info``)."""
+
+    type: Literal["set_info"] = "set_info"
+    label: str | None = None
+    description: str | None = None
+
+
 #: Session-level marker in an execute_request's metadata: this code is the agent's.
 EVAL_METADATA_KEY = "kaimon"
 
 ServerMessage = Annotated[
-    Hello | CallTool | CancelCall | CancelEval | EvalQuery, Field(discriminator="type")
+    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo, Field(discriminator="type")
 ]
 GateMessage = Annotated[
     Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords,
@@ -219,7 +228,9 @@ _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 _gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 
-def parse_server_message(data: object) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery:
+def parse_server_message(
+    data: object,
+) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo:
     return _server_adapter.validate_python(data)
 
 

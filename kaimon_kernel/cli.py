@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
+from ._config import add_project, allowed_projects, load_config, remove_project
 from ._errors import KaimonError
 from ._paths import config_file
 
@@ -24,23 +24,10 @@ def _seconds(flag: float | None, env: str, key: str, default: float) -> float:
             return float(raw)
         except ValueError:
             raise SystemExit(f"kaimon: {env}={raw!r} is not a number of seconds") from None
-    value = _config().get(key, default)
+    value = load_config().get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise SystemExit(f"kaimon: {key!r} in {config_file()} must be a number of seconds")
     return float(value)
-
-
-def _config() -> dict[str, object]:
-    path = config_file()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise SystemExit(f"kaimon: {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"kaimon: {path} must hold a JSON object")
-    return data
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="under this prefix")
 
     sub.add_parser("sessions", help="list the kernels served on this machine")
+
+    pr = sub.add_parser("projects", help="directories where agents may start kernels")
+    psub = pr.add_subparsers(dest="action", required=True)
+    psub.add_parser("list", help="list them")
+    pa = psub.add_parser("add", help="allow a directory")
+    pa.add_argument("path")
+    pd = psub.add_parser("remove", help="disallow a directory")
+    pd.add_argument("path")
     return p
 
 
@@ -155,6 +150,17 @@ def _run(args: argparse.Namespace) -> int:
             found = True
         if not found:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
+        return 0
+    if args.command == "projects":
+        if args.action == "add":
+            print(f"kaimon: agents may now start kernels in {add_project(args.path)}")
+        elif args.action == "remove":
+            done = remove_project(args.path)
+            print("kaimon: removed" if done else f"kaimon: {args.path} was not in the list")
+        else:
+            for project in allowed_projects():
+                print(project)
+            print(f"(and the directory `kaimon serve` runs in; stored in {config_file()})")
         return 0
     raise AssertionError(args.command)
 

@@ -1,7 +1,17 @@
 """The in-kernel half of kaimon."""
 
 from ._context import is_cancelled, progress, stash
-from ._gate import Gate, current_gate, list_tools, register, serve, stop, tool, unregister
+from ._gate import (
+    Gate,
+    current_gate,
+    list_tools,
+    register,
+    resume_after_restart,
+    serve,
+    stop,
+    tool,
+    unregister,
+)
 from ._magics import KaimonMagics, autoserve_from_env
 from ._schema import ToolArgumentError, ToolDefinitionError
 from ._tools import GateTool
@@ -18,6 +28,7 @@ __all__ = [
     "list_tools",
     "progress",
     "register",
+    "resume_after_restart",
     "serve",
     "stash",
     "stop",

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ipykernel.kernelbase import Kernel
 
 from .._errors import KaimonError, ProtocolMismatch
-from .._paths import sessions_dir, write_private
+from .._paths import resume_file_for, sessions_dir, write_private
 from .._protocol import (
     COMM_TARGET,
     CallTool,
@@ -33,6 +33,7 @@ from .._protocol import (
     Hello,
     Refused,
     SessionInfo,
+    SetInfo,
     ToolProgress,
     ToolsChanged,
     Welcome,
@@ -47,6 +48,7 @@ __all__ = [
     "current_gate",
     "list_tools",
     "register",
+    "resume_after_restart",
     "serve",
     "stop",
     "tool",
@@ -78,6 +80,50 @@ def send(comm: Any, message: Any) -> None:
 
 def session_file_for(key: str) -> Path:
     return sessions_dir() / f"session-{key}.json"
+
+
+RESUME_HOOK = "50-kaimon-resume.py"
+_RESUME_SOURCE = """\
+# Written by kaimon-kernel when a kernel was shared with agents (%kaimon serve).
+# It does nothing unless this very kernel was served before a restart: then it serves again.
+try:
+    from kaimon_kernel.gate import resume_after_restart
+    resume_after_restart(get_ipython())
+except Exception:
+    pass
+"""
+
+
+def _install_resume_hook(shell: Any) -> None:
+    profile_dir = getattr(shell, "profile_dir", None)
+    if profile_dir is None:
+        return
+    path = Path(profile_dir.startup_dir) / RESUME_HOOK
+    try:
+        if not path.exists() or path.read_text() != _RESUME_SOURCE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_RESUME_SOURCE)
+    except OSError as err:
+        logger.warning("kaimon: cannot write %s (%s): a restart will not re-serve", path, err)
+
+
+def resume_after_restart(shell: Any) -> SessionInfo | None:
+    """Serve again, with the same key and label, a kernel restarted while it was served."""
+    try:
+        marker = resume_file_for(_connection_file())
+        previous = SessionInfo.model_validate_json(marker.read_text())
+    except (KaimonError, OSError, ValueError):
+        return None
+    return current_gate(shell).serve(
+        namespace=previous.namespace,
+        label=previous.label,
+        description=previous.description,
+        allow_mirror=previous.allow_mirror,
+        allow_restart=previous.allow_restart,
+        started_by=previous.started_by,
+        key=previous.key,
+        promote_after=previous.promote_after,
+    )
 
 
 def _connection_file() -> str:
@@ -152,6 +198,8 @@ class Gate:
             promote_after=promote_after,
         )
         write_private(session_file_for(self.info.key), self.info.model_dump_json(indent=1))
+        write_private(resume_file_for(self.info.connection_file), self.info.model_dump_json())
+        _install_resume_hook(self.shell)
         if new_tools:
             self.tools.add(*new_tools)
         return self.info
@@ -167,6 +215,7 @@ class Gate:
                 logger.debug("closing comm failed", exc_info=True)
         self.servers.clear()
         self._remove_session_file()
+        resume_file_for(self.info.connection_file).unlink(missing_ok=True)
         self.info = None
         return True
 
@@ -216,6 +265,19 @@ class Gate:
                 call.cancelled.set()
         elif isinstance(message, CancelEval):
             self.evals.cancel(message.msg_id)
+        elif isinstance(message, SetInfo) and self.info is not None:
+            i = self.info
+            self.serve(
+                namespace=i.namespace,
+                label=message.label or i.label,
+                description=message.description
+                if message.description is not None
+                else i.description,
+                allow_mirror=i.allow_mirror,
+                allow_restart=i.allow_restart,
+                started_by=i.started_by,
+                promote_after=i.promote_after,
+            )
         elif isinstance(message, EvalQuery):
             records = EvalRecords(records=self.evals.query(message.msg_ids))
             send(comm, records)

@@ -132,6 +132,12 @@ class Kaimon:
         await session.wait_ready(10)
         return session, ""
 
+    async def resolve(self, name: str | None) -> KernelSession:
+        """The session ``name`` resolves to, once it has finished connecting."""
+        session = self.registry.resolve(name)
+        await session.wait_ready(10)
+        return session
+
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
         """Make ``execution`` a background job: stored, followed to its end, never lost."""
         eval_id = uuid.uuid4().hex[:12]

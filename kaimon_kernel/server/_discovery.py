@@ -72,6 +72,10 @@ class Registry:
 
     async def scan(self) -> None:
         async with self._scan_lock:
+            for marker in self.directory.glob("resume-*.json"):
+                info = _read_session_file(marker)
+                if info is None or not Path(info.connection_file).exists():
+                    marker.unlink(missing_ok=True)  # its kernel is gone for good
             seen: dict[str, SessionInfo] = {}
             for path in sorted(self.directory.glob("session-*.json")):
                 info = _read_session_file(path)

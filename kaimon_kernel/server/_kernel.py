@@ -36,6 +36,7 @@ from .._protocol import (
     Hello,
     Refused,
     SessionInfo,
+    SetInfo,
     TextBlock,
     ToolProgress,
     ToolResult,
@@ -539,6 +540,12 @@ class KernelSession:
             raise KernelTimeout(
                 f"session {self.key}'s gate did not answer within {timeout:.0f} s"
             ) from None
+
+    def set_info(self, label: str | None, description: str | None) -> None:
+        """Ask the gate to relabel the session; the session file it rewrites carries it."""
+        self.usable()
+        data = SetInfo(label=label, description=description).model_dump()
+        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
 
     def cancel_eval(self, execution: Execution) -> None:
         """Cooperative cancel: ``is_cancelled()`` turns true in the running code."""

@@ -16,7 +16,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.launcher import launch_kernel
 
 from .._errors import KaimonError
-from .._paths import sessions_dir
+from .._paths import resume_file_for, sessions_dir
 from ._discovery import Registry
 from ._kernel import KernelSession
 
@@ -33,6 +33,35 @@ class OwnedKernel:
     process: subprocess.Popen[bytes]
     connection_file: str
     log_file: Path
+    cwd: str
+    python: str
+    label: str | None
+
+
+def project_python(project: Path) -> tuple[str | None, str]:
+    """The project's own interpreter when its ``.venv`` can run a kaimon kernel, and why."""
+    for candidate in (
+        project / ".venv" / "bin" / "python",
+        project / ".venv" / "Scripts" / "python.exe",
+    ):
+        if not candidate.exists():
+            continue
+        try:
+            probe = subprocess.run(
+                [str(candidate), "-c", "import ipykernel, kaimon_kernel"],
+                capture_output=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return None, f"the project's .venv ({candidate}) could not be run: {err}"
+        if probe.returncode == 0:
+            return str(candidate), f"the project's .venv ({candidate})"
+        return None, (
+            f"the project's .venv ({candidate}) lacks ipykernel or kaimon-kernel "
+            "(`pip install kaimon-kernel` there to use it)"
+        )
+    return None, "no project .venv"
 
 
 class Launcher:
@@ -43,8 +72,17 @@ class Launcher:
         self.python = python or sys.executable
         self.owned: dict[str, OwnedKernel] = {}
 
-    async def start(self, cwd: str, *, name: str | None = None) -> KernelSession:
-        key = uuid.uuid4().hex[:8]
+    async def start(
+        self,
+        cwd: str,
+        *,
+        name: str | None = None,
+        python: str | None = None,
+        key: str | None = None,
+    ) -> KernelSession:
+        """Start a kernel with the gate served in ``cwd``; returns once it answers."""
+        key = key or uuid.uuid4().hex[:8]
+        python = python or self.python
         connection_file, _ = write_connection_file(
             fname=str(Path(sessions_dir()).parent / f"kernel-kaimon-{key}.json"), ip="127.0.0.1"
         )
@@ -57,14 +95,7 @@ class Launcher:
         )
         if name:
             env["KAIMON_LABEL"] = name
-        cmd = [
-            self.python,
-            "-m",
-            "ipykernel_launcher",
-            "-f",
-            connection_file,
-            "--ext=kaimon_kernel",
-        ]
+        cmd = [python, "-m", "ipykernel_launcher", "-f", connection_file, "--ext=kaimon_kernel"]
         with open(log_file, "wb") as log:
             # The kernel's own stdout must never reach ours: over stdio it is the MCP stream.
             process = launch_kernel(
@@ -75,7 +106,7 @@ class Launcher:
                 env=env,
                 cwd=cwd,
             )
-        owned = OwnedKernel(key, process, connection_file, log_file)
+        owned = OwnedKernel(key, process, connection_file, log_file, cwd, python, name)
         self.owned[key] = owned
         session = await self._wait_served(owned)
         return session
@@ -99,6 +130,13 @@ class Launcher:
                     f"log: {owned.log_file}"
                 )
 
+    async def restart(self, key: str) -> KernelSession:
+        """A fresh kernel for an owned session: same key, label, directory and Python."""
+        owned = self.owned[key]
+        label = self.registry.sessions[key].info.label if key in self.registry.sessions else None
+        await self.shutdown(key)
+        return await self.start(owned.cwd, name=label or owned.label, python=owned.python, key=key)
+
     async def shutdown(self, key: str) -> None:
         owned = self.owned.pop(key, None)
         if owned is None:
@@ -115,6 +153,8 @@ class Launcher:
         with contextlib.suppress(OSError):
             os.unlink(owned.connection_file)
         (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        resume_file_for(owned.connection_file).unlink(missing_ok=True)
+        await self.registry.scan()
 
     async def shutdown_all(self) -> None:
         await asyncio.gather(*(self.shutdown(k) for k in list(self.owned)), return_exceptions=True)

@@ -22,6 +22,8 @@ from ._core import JOB_STATUS, GateToolRef, Kaimon, TrackedEval
 from ._instructions import INSTRUCTIONS
 from ._jobs import Job
 from ._kernel import Execution, KernelSession
+from ._results import text_result
+from ._session_tools import add_session_tools
 
 __all__ = ["KaimonMCP", "build_mcp"]
 
@@ -29,14 +31,6 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
-
-
-def _text(text: str, *, error: bool = False, structured: dict[str, Any] | None = None):
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        is_error=error,
-        structured_content=structured,
-    )
 
 
 def _result_content(execution: Execution, header: str = "") -> list[ContentBlock]:
@@ -198,7 +192,7 @@ async def _call_gate_tool(
     try:
         call = session.call_tool(ref.spec.name, arguments)
     except KaimonError as err:
-        return _text(str(err), error=True)
+        return text_result(str(err), error=True)
     started = time.monotonic()
     timeout = ref.spec.timeout
     sent = 0
@@ -235,7 +229,7 @@ async def _call_gate_tool(
             if timeout is not None and not call.result.done() and now - started > timeout:
                 session.cancel_call(call.call_id)
                 session.calls.pop(call.call_id, None)
-                return _text(
+                return text_result(
                     f"{ref.mcp_name} timed out after {timeout:g} s; the tool was told to stop "
                     "(kaimon_kernel.is_cancelled() is now true in it)",
                     error=True,
@@ -250,6 +244,7 @@ async def _call_gate_tool(
 def build_mcp(kaimon: Kaimon) -> MCPServer:
     """The MCP server exposing ``kaimon``'s sessions and their gate tools."""
     mcp = KaimonMCP(kaimon)
+    add_session_tools(mcp, kaimon)
 
     @mcp.tool()
     async def ex(
@@ -273,7 +268,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             target, note = await kaimon.session_for(session)
             execution = target.execute(code, max_output=max_output, quiet=quiet)
         except KaimonError as err:
-            return _text(str(err), error=True)
+            return text_result(str(err), error=True)
         try:
             header = note + ("\n" if note else "")
             promote_after = target.info.promote_after
@@ -307,7 +302,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         try:
             job = kaimon.find_job(eval_id)
         except KaimonError as err:
-            return _text(str(err), error=True)
+            return text_result(str(err), error=True)
         view = _job_view(kaimon, job)
         return CallToolResult(
             content=[TextContent(type="text", text=view.pop("text"))],
@@ -324,20 +319,20 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         try:
             job = kaimon.find_job(eval_id)
         except KaimonError as err:
-            return _text(str(err), error=True)
+            return text_result(str(err), error=True)
         tracked = kaimon.evals.get(job.id)
         if tracked is None or tracked.execution.done.is_set():
             status = _job_view(kaimon, job)["status"]
-            return _text(
+            return text_result(
                 f"job {job.id} is already {status}; nothing to cancel",
                 structured={"eval_id": job.id, "status": status},
             )
         try:
             how = await kaimon.cancel(tracked)
         except KaimonError as err:
-            return _text(f"cancelling {job.id} failed: {err}", error=True)
+            return text_result(f"cancelling {job.id} failed: {err}", error=True)
         view = _job_view(kaimon, kaimon.jobs.get(job.id) or job)
-        return _text(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
+        return text_result(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
 
     @mcp.tool()
     async def list_jobs(
@@ -371,7 +366,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         if stats:
             structured["stats"] = kaimon.jobs.stats()
             lines.append(f"stats: {structured['stats']}")
-        return _text("\n".join(lines), structured=structured)
+        return text_result("\n".join(lines), structured=structured)
 
     @mcp.tool(structured_output=True)
     async def list_sessions() -> CallToolResult:
@@ -397,12 +392,12 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
                 + (f"\n    {r['description']}" if r["description"] else "")
                 for r in rows
             )
-        return _text(text, structured={"sessions": rows})
+        return text_result(text, structured={"sessions": rows})
 
     @mcp.tool()
     async def usage_instructions() -> CallToolResult:
         """How to work with kaimon sessions: read this first."""
-        return _text(INSTRUCTIONS)
+        return text_result(INSTRUCTIONS)
 
     return mcp
 
@@ -459,7 +454,7 @@ def _promoted(tracked: TrackedEval, header: str, after: float) -> CallToolResult
         f"Poll with check_eval(eval_id={tracked.eval_id!r}).]\n"
         f"eval_id: {tracked.eval_id}\n" + (f"--- output so far ---\n{text}" if text else "")
     )
-    return _text(body, structured={"eval_id": tracked.eval_id, "status": "running"})
+    return text_result(body, structured={"eval_id": tracked.eval_id, "status": "running"})
 
 
 async def _follow(

@@ -1,0 +1,250 @@
+"""Sessions the agent and the person both run: start, restart, shutdown, labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PersonKernel, free_port, sessions_dir, stdio_client, text_of, wait_until
+from jupyter_client import BlockingKernelClient
+
+pytestmark = pytest.mark.anyio
+
+
+def kaimon_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kaimon_kernel", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_start_session_lists_allowed_projects_and_starts_in_one(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    async with stdio_client(cwd=tmp_path) as client:
+        listing = await client.call_tool("start_session", {})
+        started = await client.call_tool("start_session", {"project_path": "proj", "name": "p"})
+        where = await client.call_tool("ex", {"code": "import os; os.getcwd()", "session": "p"})
+    assert listing.structured_content["projects"][0] == str(tmp_path.resolve())
+    assert not started.is_error, text_of(started)
+    assert "the server's Python" in text_of(started) and "no project .venv" in text_of(started)
+    assert text_of(where).strip() == repr(str(project.resolve()))
+
+
+async def test_start_session_elsewhere_is_refused_until_the_person_allows_it(tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    async with stdio_client(cwd=server_dir) as client:
+        refused = await client.call_tool("start_session", {"project_path": str(elsewhere)})
+        assert refused.is_error
+        assert f"kaimon projects add {elsewhere.resolve()}" in text_of(refused)
+        added = kaimon_cli("projects", "add", str(elsewhere))
+        assert added.returncode == 0, added.stderr
+        allowed = await client.call_tool("start_session", {"project_path": str(elsewhere)})
+    assert not allowed.is_error, text_of(allowed)
+    assert str(elsewhere.resolve()) in kaimon_cli("projects", "list").stdout
+    assert kaimon_cli("projects", "remove", str(elsewhere)).returncode == 0
+
+
+async def test_a_project_venv_is_used_when_it_can_run_the_gate(tmp_path: Path) -> None:
+    project = tmp_path / "venvproj"
+    project.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(project / ".venv")],
+        check=True,
+        timeout=120,
+    )
+    # The project's venv sees this environment's packages (kaimon-kernel, ipykernel) via .pth.
+    site = subprocess.run(
+        [
+            str(project / ".venv/bin/python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    import kaimon_kernel
+
+    source = Path(kaimon_kernel.__file__).parents[1]  # an editable install is not a site dir
+    Path(site, "parent-env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{source}\n")
+    async with stdio_client(cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": str(project)})
+        exe = await client.call_tool(
+            "ex",
+            {"code": "import sys; sys.executable", "session": started.structured_content["key"]},
+        )
+    assert "from the project's .venv" in text_of(started), text_of(started)
+    assert str(project / ".venv") in text_of(exe)
+
+
+async def test_restart_of_a_server_owned_kernel_keeps_key_and_label_and_drops_state(
+    tmp_path: Path,
+) -> None:
+    async with stdio_client(cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": ".", "name": "mine"})
+        key = started.structured_content["key"]
+        await client.call_tool("ex", {"code": "precious = 1", "session": "mine"})
+        restarted = await client.call_tool("manage_repl", {"command": "restart", "session": key})
+        after = await client.call_tool("ex", {"code": "precious", "session": "mine"})
+        listing = await client.call_tool("list_sessions", {})
+        shut = await client.call_tool("manage_repl", {"command": "shutdown", "session": key})
+        final = await client.call_tool("list_sessions", {})
+    assert "All previous state is gone" in text_of(restarted)
+    assert after.is_error and "NameError" in text_of(after)
+    (row,) = listing.structured_content["sessions"]
+    assert (row["key"], row["label"]) == (key, "mine")
+    assert "shut down session" in text_of(shut)
+    assert final.structured_content["sessions"] == []
+
+
+async def test_allow_restart_false_refuses_restart_and_shutdown(make_person) -> None:
+    make_person("--label guarded --no-restart")
+    async with stdio_client() as client:
+        restart = await client.call_tool("manage_repl", {"command": "restart"})
+        shutdown = await client.call_tool("manage_repl", {"command": "shutdown"})
+    for result in (restart, shutdown):
+        assert result.is_error
+        assert "allow_restart=False" in text_of(result)
+
+
+async def test_interrupt_stops_running_code_and_keeps_state(person: PersonKernel) -> None:
+    async with stdio_client("--promote-after", "0.5") as client:
+        await client.call_tool("ex", {"code": "kept = 42"})
+        promoted = await client.call_tool("ex", {"code": "import time\ntime.sleep(60)"})
+        interrupted = await client.call_tool("manage_repl", {"command": "interrupt"})
+        check = await client.call_tool(
+            "check_eval", {"eval_id": promoted.structured_content["eval_id"]}
+        )
+        deadline = time.monotonic() + 20
+        while check.structured_content["status"] == "running" and time.monotonic() < deadline:
+            check = await client.call_tool(
+                "check_eval", {"eval_id": promoted.structured_content["eval_id"]}
+            )
+        kept = await client.call_tool("ex", {"code": "kept"})
+    assert "interrupted session" in text_of(interrupted)
+    assert check.structured_content["status"] == "failed"
+    assert "KeyboardInterrupt" in text_of(check)
+    assert text_of(kept).strip() == "42"
+
+
+async def test_labels_and_descriptions_set_by_the_agent(person: PersonKernel) -> None:
+    async with stdio_client() as client:
+        changed = await client.call_tool(
+            "set_session_info", {"label": "analysis", "description": "Q3 cleanup"}
+        )
+        listing = await client.call_tool("list_sessions", {})
+        by_label = await client.call_tool("ex", {"code": "1 + 1", "session": "analysis"})
+    assert not changed.is_error, text_of(changed)
+    (row,) = listing.structured_content["sessions"]
+    assert (row["label"], row["description"]) == ("analysis", "Q3 cleanup")
+    assert text_of(by_label).strip() == "2"
+    assert "label 'analysis'" in person.run("%kaimon status")[1]
+
+
+# -- a kernel owned by a real Jupyter server ---------------------------------------------------
+
+
+class JupyterServer:
+    def __init__(self, root: Path) -> None:
+        self.log = root / "jupyter-server.log"
+        self.port = free_port()
+        self.token = "jstoken0123456789"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                f"--port={self.port}",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.ip=127.0.0.1",
+                "--allow-root",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "the Jupyter server")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(self.log.read_text())
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def jupyter_server(tmp_path: Path) -> Iterator[JupyterServer]:
+    server = JupyterServer(tmp_path)
+    yield server
+    server.stop()
+
+
+async def test_restart_of_a_jupyter_server_kernel_serves_the_gate_again(
+    jupyter_server: JupyterServer,
+) -> None:
+    kernel = jupyter_server.api("POST", "/api/kernels", {"name": "python3"})
+    connection_file = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel['id']}.json"
+    wait_until(connection_file.exists, what="the kernel's connection file")
+    notebook = BlockingKernelClient(connection_file=str(connection_file))
+    notebook.load_connection_file()
+    notebook.start_channels()
+    try:
+        notebook.wait_for_ready(timeout=60)
+        reply = notebook.execute_interactive(
+            "%load_ext kaimon_kernel\n%kaimon serve --label lab\nstate = 'before'", timeout=60
+        )
+        assert reply["content"]["status"] == "ok"
+        async with stdio_client("--no-auto-start") as client:
+            listing = await client.call_tool("list_sessions", {})
+            (before,) = listing.structured_content["sessions"]
+            restarted = await client.call_tool(
+                "manage_repl", {"command": "restart", "session": "lab"}
+            )
+            assert not restarted.is_error, text_of(restarted)
+            after = await client.call_tool("ex", {"code": "state", "session": "lab"})
+            listing = await client.call_tool("list_sessions", {})
+        (row,) = listing.structured_content["sessions"]
+        assert row["key"] == before["key"] and row["label"] == "lab"
+        assert row["pid"] != before["pid"]
+        assert after.is_error and "NameError" in text_of(after)
+        # the person's notebook is still attached to the same kernel id, and it answers
+        assert jupyter_server.api("GET", f"/api/kernels/{kernel['id']}")["id"] == kernel["id"]
+        again = notebook.execute_interactive("1 + 1", timeout=60)
+        assert again["content"]["status"] == "ok"
+    finally:
+        notebook.stop_channels()
+        jupyter_server.api("DELETE", f"/api/kernels/{kernel['id']}")
+    wait_until(lambda: not list(sessions_dir().glob("session-*.json")), 30, "session cleanup")

@@ -13,7 +13,18 @@ from typing import Any
 from ._errors import KaimonError
 from ._paths import config_file
 
-__all__ = ["add_project", "allowed_projects", "load_config", "remove_project", "save_config"]
+DEFAULT_PROMOTE_AFTER = 30.0
+DEFAULT_CANCEL_GRACE = 3.0
+
+__all__ = [
+    "DEFAULT_CANCEL_GRACE",
+    "DEFAULT_PROMOTE_AFTER",
+    "add_project",
+    "allowed_projects",
+    "load_config",
+    "remove_project",
+    "save_config",
+]
 
 
 def load_config() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Image", "OutputCapture", "strip_ansi"]
@@ -94,6 +95,8 @@ class OutputCapture:
     images: list[Image] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    #: Receives every piece of text as it comes (the block's file), unbounded here.
+    sink: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._text = _HeadTail(self.limit)
@@ -104,6 +107,8 @@ class OutputCapture:
         text = strip_ansi(text)
         self._text.add(text)
         self._new.add(text)
+        if self.sink is not None:
+            self.sink(text)
 
     def add_bundle(self, data: dict[str, object]) -> None:
         """An execute_result or display_data bundle: an image if there is one, else text."""
@@ -135,6 +140,11 @@ class OutputCapture:
     @property
     def total_chars(self) -> int:
         return self._text.total
+
+    @property
+    def cut(self) -> int:
+        """Characters left out of :meth:`text` (they are in the block's file)."""
+        return self._text.cut
 
     def text(self) -> str:
         body = self._text.text()

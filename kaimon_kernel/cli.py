@@ -7,7 +7,14 @@ import logging
 import os
 import sys
 
-from ._config import add_project, allowed_projects, load_config, remove_project
+from ._config import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_PROMOTE_AFTER,
+    add_project,
+    allowed_projects,
+    load_config,
+    remove_project,
+)
 from ._errors import KaimonError
 from ._paths import config_file
 
@@ -31,8 +38,6 @@ def _seconds(flag: float | None, env: str, key: str, default: float) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .server._core import DEFAULT_PROMOTE_AFTER
-
     p = argparse.ArgumentParser(
         prog="kaimon", description="Share live Jupyter kernels with AI agents over MCP."
     )
@@ -103,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from ._paths import load_or_create_token, token_file
 
     if args.command == "serve":
-        from .server._core import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER, ServerOptions
+        from .server._core import ServerOptions
         from .server._http import check_bind
         from .server._run import serve_forever
 

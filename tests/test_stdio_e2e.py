@@ -86,12 +86,13 @@ async def test_a_multi_megabyte_print_is_cut_to_head_and_tail(person: PersonKern
     code = "print('HEAD' + 'x' * 5_000_000 + 'TAIL')"
     async with stdio_client() as client:
         result = await client.call_tool("ex", {"code": code, "max_output": 2000})
-    text = text_of(result)
+    text = result.content[0].text
     assert len(text) < 2300
     assert text.startswith("HEAD")
     assert text.rstrip().endswith("TAIL")
     assert "characters cut" in text
     assert "5,000,009 characters" in text
+    assert "read_block(block_id=" in result.content[1].text
 
 
 async def test_output_streams_as_progress_while_code_runs(person: PersonKernel) -> None:

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import KaimonError, SessionNotFound
 from .._protocol import ToolSpec
+from ._blocks import BlockStore
 from ._discovery import Registry
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import Execution, KernelSession
@@ -23,9 +25,7 @@ from ._launcher import Launcher
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
-DEFAULT_PROMOTE_AFTER = 30.0
 JOB_SAVE_INTERVAL = 2.0
-DEFAULT_CANCEL_GRACE = 3.0
 INTERRUPT_WAIT = 10.0
 
 
@@ -86,6 +86,7 @@ class Kaimon:
         self.launcher = Launcher(self.registry)
         self.evals: dict[str, TrackedEval] = {}
         self.jobs = JobStore()
+        self.blocks = BlockStore(self.jobs.db)
         self._start_lock = asyncio.Lock()
         self._job_tasks: set[asyncio.Task[None]] = set()
 
@@ -137,6 +138,26 @@ class Kaimon:
         session = self.registry.resolve(name)
         await session.wait_ready(10)
         return session
+
+    def record_block(self, session: KernelSession, execution: Execution) -> str:
+        """Make ``execution`` a block: its full output goes to disk as it comes."""
+        block_id, writer = self.blocks.start(session.key, execution.code)
+        execution.capture.sink = writer.write
+
+        def finish() -> None:
+            writer.close()
+            cap = execution.capture
+            self.blocks.finish(
+                block_id,
+                status=execution.status,
+                duration=round(execution.elapsed, 3),
+                chars=writer.chars,
+                error=cap.error,
+                images=[{"mime": i.mime, "data": i.data} for i in cap.images],
+            )
+
+        execution.on_done.append(finish)
+        return block_id
 
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
         """Make ``execution`` a background job: stored, followed to its end, never lost."""

@@ -90,6 +90,8 @@ class Execution:
     cancel_requested: bool = False
     #: Picked up again after a server restart: the execute_reply went to the old server.
     reattached: bool = False
+    #: Called once when the execution ends, whatever the outcome.
+    on_done: list[Callable[[], object]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _reply: dict[str, Any] | None = None
     _idle: bool = False
@@ -178,6 +180,11 @@ class Execution:
     def _finish(self) -> None:
         self.finished_at = time.monotonic()
         self.done.set()
+        for callback in self.on_done:
+            try:
+                callback()
+            except Exception:
+                logger.exception("an on_done callback failed")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pydantic import Field
 from .. import __version__
 from .._errors import KaimonError
 from .._protocol import ImageBlock, ToolResult
+from ._block_tools import add_block_tools
 from ._core import JOB_STATUS, GateToolRef, Kaimon, TrackedEval
 from ._instructions import INSTRUCTIONS
 from ._jobs import Job
@@ -245,6 +246,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
     """The MCP server exposing ``kaimon``'s sessions and their gate tools."""
     mcp = KaimonMCP(kaimon)
     add_session_tools(mcp, kaimon)
+    add_block_tools(mcp, kaimon)
 
     @mcp.tool()
     async def ex(
@@ -267,6 +269,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         try:
             target, note = await kaimon.session_for(session)
             execution = target.execute(code, max_output=max_output, quiet=quiet)
+            block_id = kaimon.record_block(target, execution)
         except KaimonError as err:
             return text_result(str(err), error=True)
         try:
@@ -288,10 +291,16 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
                     "it runs when the kernel is free]\n"
                 )
             return _promoted(tracked, header, promote_after)
-        return CallToolResult(
-            content=_result_content(execution, header),
-            is_error=execution.status != "ok",
-        )
+        content = _result_content(execution, header)
+        if execution.capture.cut:
+            content.append(
+                TextContent(
+                    type="text",
+                    text=f"[the whole output is block {block_id}: read_block(block_id="
+                    f"{block_id!r}, offset=..., limit=...) pages through it]",
+                )
+            )
+        return CallToolResult(content=content, is_error=execution.status != "ok")
 
     @mcp.tool()
     async def check_eval(

@@ -248,3 +248,33 @@ async def test_restart_of_a_jupyter_server_kernel_serves_the_gate_again(
         notebook.stop_channels()
         jupyter_server.api("DELETE", f"/api/kernels/{kernel['id']}")
     wait_until(lambda: not list(sessions_dir().glob("session-*.json")), 30, "session cleanup")
+
+
+async def test_kernels_of_a_crashed_server_are_cleaned_by_the_next_one(tmp_path: Path) -> None:
+    import httpx2
+    from conftest import HttpServer
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from kaimon_kernel.server._kernel import pid_alive
+
+    env = {"KAIMON_TOKEN": "orphan-token-0123456789"}
+    first = HttpServer(env=env)
+    try:
+        async with (
+            httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {env['KAIMON_TOKEN']}"}, timeout=60
+            ) as http,
+            Client(streamable_http_client(first.url, http_client=http)) as client,
+        ):
+            started = await client.call_tool("ex", {"code": "import os; os.getpid()"})
+            kernel_pid = int(started.content[0].text.strip().splitlines()[-1])
+    finally:
+        first.proc.kill()  # a crash: no clean shutdown of its kernels
+        first.proc.wait()
+    assert pid_alive(kernel_pid)
+    second = HttpServer(env=env)
+    try:
+        wait_until(lambda: not pid_alive(kernel_pid), 30, "the orphan kernel to be stopped")
+    finally:
+        second.stop()

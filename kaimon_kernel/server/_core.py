@@ -21,7 +21,7 @@ from ._blocks import BlockStore
 from ._discovery import Registry
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import Execution, KernelSession
-from ._launcher import Launcher
+from ._launcher import Launcher, reap_orphans
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
@@ -93,6 +93,7 @@ class Kaimon:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Kaimon]:
         """Discovery runs inside; kernels this server started are shut down on the way out."""
+        reap_orphans()  # kernels left behind by a server that crashed
         await self.registry.scan()
         task = asyncio.create_task(self.registry.run(), name="kaimon-discovery")
         recovery = asyncio.create_task(self.recover_jobs(), name="kaimon-recover-jobs")

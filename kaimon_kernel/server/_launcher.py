@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -16,11 +18,11 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.launcher import launch_kernel
 
 from .._errors import KaimonError
-from .._paths import resume_file_for, sessions_dir
+from .._paths import resume_file_for, sessions_dir, write_private
 from ._discovery import Registry
-from ._kernel import KernelSession
+from ._kernel import KernelSession, pid_alive
 
-__all__ = ["Launcher", "OwnedKernel"]
+__all__ = ["Launcher", "OwnedKernel", "project_python", "reap_orphans"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,16 @@ class Launcher:
             )
         owned = OwnedKernel(key, process, connection_file, log_file, cwd, python, name)
         self.owned[key] = owned
+        write_private(
+            _owner_file(key),
+            json.dumps(
+                {
+                    "server_pid": os.getpid(),
+                    "kernel_pid": process.pid,
+                    "connection_file": connection_file,
+                }
+            ),
+        )
         session = await self._wait_served(owned)
         return session
 
@@ -153,11 +165,41 @@ class Launcher:
         with contextlib.suppress(OSError):
             os.unlink(owned.connection_file)
         (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        _owner_file(key).unlink(missing_ok=True)
         resume_file_for(owned.connection_file).unlink(missing_ok=True)
         await self.registry.scan()
 
     async def shutdown_all(self) -> None:
         await asyncio.gather(*(self.shutdown(k) for k in list(self.owned)), return_exceptions=True)
+
+
+def _owner_file(key: str) -> Path:
+    return sessions_dir() / f"owned-{key}.json"
+
+
+def reap_orphans() -> list[int]:
+    """Kill kernels whose starting server died without shutting them down; returns pids."""
+    killed = []
+    for path in sessions_dir().glob("owned-*.json"):
+        try:
+            record = json.loads(path.read_text())
+            server_pid, kernel_pid = int(record["server_pid"]), int(record["kernel_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if pid_alive(server_pid):
+            continue  # another running server's kernel
+        if pid_alive(kernel_pid):
+            logger.warning("stopping kernel pid %s: the server that started it is gone", kernel_pid)
+            with contextlib.suppress(OSError):
+                os.kill(kernel_pid, signal.SIGKILL)
+            killed.append(kernel_pid)
+        with contextlib.suppress(OSError, KeyError):
+            os.unlink(record["connection_file"])
+        key = path.stem.removeprefix("owned-")
+        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    return killed
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "ServerMessage",
     "SessionInfo",
     "SetInfo",
+    "SetOption",
     "TextBlock",
     "ToolProgress",
     "ToolResult",
@@ -213,11 +214,19 @@ class SetInfo(_Model):
     description: str | None = None
 
 
+class SetOption(_Model):
+    """Server → gate: turn the live view (mirror) on or off, where the session allows it."""
+
+    type: Literal["set_option"] = "set_option"
+    mirror: bool
+
+
 #: Session-level marker in an execute_request's metadata: this code is the agent's.
 EVAL_METADATA_KEY = "kaimon"
 
 ServerMessage = Annotated[
-    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo, Field(discriminator="type")
+    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption,
+    Field(discriminator="type"),
 ]
 GateMessage = Annotated[
     Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords,
@@ -230,7 +239,7 @@ _gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 def parse_server_message(
     data: object,
-) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo:
+) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption:
     return _server_adapter.validate_python(data)
 
 

@@ -66,6 +66,7 @@ class EvalTracker:
         self.shell = shell
         self.send = send  # to every connected server
         self.current: _Eval | None = None
+        self.view: Any = None  # the LiveView, told what the agent runs
         self.recent: collections.OrderedDict[str, _Eval] = collections.OrderedDict()
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
@@ -91,12 +92,17 @@ class EvalTracker:
         while len(self.recent) > KEPT_RECORDS:
             self.recent.popitem(last=False)
         self.current = ev
+        if self.view is not None:
+            self.view.agent_started(getattr(info, "raw_cell", "") or "")
 
     def _post_run_cell(self, result: Any) -> None:
         ev = self.current
         if ev is None:
             return
         self.current = None
+        if self.view is not None:
+            failed = result.error_before_exec or result.error_in_exec
+            self.view.agent_finished("error" if failed else "ok")
         if result.error_before_exec or result.error_in_exec:
             err = result.error_before_exec or result.error_in_exec
             ev.capture.add_error(type(err).__name__, str(err), [])
@@ -125,6 +131,8 @@ class EvalTracker:
             content = msg.get("content", {})
             if "text" in content:
                 ev.capture.add_text(content["text"])
+                if self.view is not None:
+                    self.view.agent_output(content["text"])
             elif "data" in content:
                 ev.capture.add_bundle(content["data"])
         return msg

@@ -34,6 +34,7 @@ from .._protocol import (
     Refused,
     SessionInfo,
     SetInfo,
+    SetOption,
     ToolProgress,
     ToolsChanged,
     Welcome,
@@ -41,6 +42,7 @@ from .._protocol import (
     parse_server_message,
 )
 from ._context import CallContext, EvalTracker, set_tracker
+from ._mirror import LiveView
 from ._tools import GateTool, ToolRegistry, check_tools, run_call
 
 __all__ = [
@@ -158,6 +160,8 @@ class Gate:
         self._registered = False
         self.evals = EvalTracker(shell, self._broadcast)
         set_tracker(self.evals)
+        self.view = LiveView(shell)
+        self.evals.view = self.view
         atexit.register(self._remove_session_file)
 
     @property
@@ -265,6 +269,9 @@ class Gate:
                 call.cancelled.set()
         elif isinstance(message, CancelEval):
             self.evals.cancel(message.msg_id)
+        elif isinstance(message, SetOption) and self.info is not None:
+            if self.info.allow_mirror:
+                self.view.enabled = message.mirror
         elif isinstance(message, SetInfo) and self.info is not None:
             i = self.info
             self.serve(

@@ -19,6 +19,7 @@ USAGE = """\
 %kaimon status
 %kaimon tools
 %kaimon jobs [--all]
+%kaimon mirror on|off
 %kaimon stop"""
 
 
@@ -39,6 +40,8 @@ def _parser() -> _Parser:
     s.add_argument("--promote-after", type=float, default=None)
     sub.add_parser("status", add_help=False)
     sub.add_parser("tools", add_help=False)
+    m = sub.add_parser("mirror", add_help=False)
+    m.add_argument("state", choices=["on", "off"])
     j = sub.add_parser("jobs", add_help=False)
     j.add_argument("--all", action="store_true")
     sub.add_parser("stop", add_help=False)
@@ -71,6 +74,8 @@ class KaimonMagics(Magics):
                 f"kaimon: serving session {info.key} (label {info.label!r}). "
                 "Agents connected to `kaimon serve` can now run code here."
             )
+            if info.allow_mirror and gate.view.enabled:
+                gate.view.show()  # this cell becomes the live view of what the agent does
         elif args.command == "status":
             print(gate.status_text())
         elif args.command == "tools":
@@ -81,6 +86,14 @@ class KaimonMagics(Magics):
             for t in tools:
                 first = (t.spec().description or "").strip().splitlines()[:1]
                 print(f"{ns}_{t.name}: {first[0] if first else '(no description)'}")
+        elif args.command == "mirror":
+            if gate.info is not None and not gate.info.allow_mirror:
+                print("kaimon: this session was served with --no-mirror")
+            else:
+                gate.view.enabled = args.state == "on"
+                if gate.view.enabled and not gate.view.shown:
+                    gate.view.show()
+                print(f"kaimon: live view {args.state}")
         elif args.command == "jobs":
             _print_jobs(None if args.all or gate.info is None else gate.info.session_id)
         elif args.command == "stop":

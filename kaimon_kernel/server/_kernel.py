@@ -37,6 +37,7 @@ from .._protocol import (
     Refused,
     SessionInfo,
     SetInfo,
+    SetOption,
     TextBlock,
     ToolProgress,
     ToolResult,
@@ -547,6 +548,11 @@ class KernelSession:
             raise KernelTimeout(
                 f"session {self.key}'s gate did not answer within {timeout:.0f} s"
             ) from None
+
+    def set_mirror(self, on: bool) -> None:
+        self.usable()
+        data = SetOption(mirror=on).model_dump()
+        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
 
     def set_info(self, label: str | None, description: str | None) -> None:
         """Ask the gate to relabel the session; the session file it rewrites carries it."""

@@ -100,6 +100,31 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             return text_result(str(err), error=True)
 
     @mcp.tool()
+    async def set_option(
+        mirror: Annotated[
+            bool,
+            Field(
+                description="show the agent's work live in the person's "
+                "notebook (the %kaimon serve cell)"
+            ),
+        ],
+        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+    ) -> CallToolResult:
+        """Turn the live view of your work in the person's notebook on or off."""
+        try:
+            target = await kaimon.resolve(session)
+            if not target.info.allow_mirror:
+                return text_result(
+                    f"session {target.key} was served with allow_mirror=False: "
+                    "the person chose not to mirror; leave it off.",
+                    error=True,
+                )
+            target.set_mirror(mirror)
+        except KaimonError as err:
+            return text_result(str(err), error=True)
+        return text_result(f"live view {'on' if mirror else 'off'} in session {target.key}")
+
+    @mcp.tool()
     async def set_session_info(
         session: Annotated[str | None, Field(description="key, label or namespace")] = None,
         label: Annotated[str | None, Field(description="a short name to call it by")] = None,

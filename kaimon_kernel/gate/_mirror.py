@@ -1,0 +1,119 @@
+"""The live view: the cell where the person ran ``%kaimon serve`` shows what the agent does.
+
+A display with a ``display_id``, updated with ``update_display_data`` while the agent's code
+runs: its code, how long it has run, the tail of its output, and the recent blocks. The
+updates carry the serve cell's request as parent, so frontends route them to that cell and
+the server never mistakes them for the agent's own output.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+__all__ = ["LiveView"]
+
+TICK = 1.0
+TAIL_CHARS = 1500
+
+
+class LiveView:
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.display_id = f"kaimon-{uuid.uuid4().hex[:12]}"
+        self.enabled = True
+        self.shown = False
+        self._parent: dict[str, Any] = {}
+        self._running: dict[str, Any] | None = None
+        self._tail = ""
+        self._recent: deque[str] = deque(maxlen=5)
+        self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+
+    def show(self) -> None:
+        """Put the view in the current cell (the one running ``%kaimon serve``)."""
+        from IPython.display import display
+
+        kernel = getattr(self.shell, "kernel", None)
+        self._parent = kernel.get_parent() if kernel is not None else {}
+        display(self._bundle(), raw=True, display_id=self.display_id)
+        self.shown = True
+
+    def agent_started(self, code: str) -> None:
+        with self._lock:
+            self._running = {"code": code, "since": time.time()}
+            self._tail = ""
+        self._publish()
+        if self._ticker is None or not self._ticker.is_alive():
+            self._ticker = threading.Thread(target=self._tick, name="kaimon-live-view", daemon=True)
+            self._ticker.start()
+
+    def agent_output(self, text: str) -> None:
+        with self._lock:
+            if self._running is not None:
+                self._tail = (self._tail + text)[-TAIL_CHARS:]
+
+    def agent_finished(self, status: str) -> None:
+        with self._lock:
+            if self._running is None:
+                return
+            first = (self._running["code"].strip().splitlines() or [""])[0][:80]
+            took = time.time() - self._running["since"]
+            self._recent.appendleft(
+                f"{time.strftime('%H:%M:%S')}  {status:5} {took:6.1f} s  {first}"
+            )
+            self._running = None
+        self._publish()
+
+    def _tick(self) -> None:
+        while self._running is not None:
+            time.sleep(TICK)
+            if self._running is not None:
+                self._publish()
+
+    def text(self) -> str:
+        with self._lock:
+            lines = [
+                "kaimon: this kernel is shared with agents"
+                + ("" if self.enabled else " (live view paused: %kaimon mirror on)")
+            ]
+            if self._running is not None:
+                secs = time.time() - self._running["since"]
+                lines.append(f"▶ the agent is running ({secs:.0f} s):")
+                lines.extend("    " + line for line in self._running["code"].splitlines()[:12])
+                if self._tail:
+                    lines.append("  output so far:")
+                    lines.extend("    " + line for line in self._tail.splitlines()[-15:])
+            else:
+                lines.append("  idle: the agent runs nothing right now")
+            if self._recent:
+                lines.append("  recent:")
+                lines.extend("    " + r for r in self._recent)
+        return "\n".join(lines)
+
+    def _bundle(self) -> dict[str, str]:
+        text = self.text()
+        return {"text/plain": text, "text/html": f"<pre>{html.escape(text)}</pre>"}
+
+    def _publish(self) -> None:
+        if not (self.shown and self.enabled):
+            return
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is None or kernel.session is None:
+            return
+        content = {
+            "data": self._bundle(),
+            "metadata": {},
+            "transient": {"display_id": self.display_id},
+        }
+        kernel.session.send(
+            kernel.iopub_socket,
+            "update_display_data",
+            content,
+            parent=self._parent,
+            ident=b"display_data",
+        )

@@ -244,10 +244,22 @@ async def test_restart_of_a_jupyter_server_kernel_serves_the_gate_again(
         assert jupyter_server.api("GET", f"/api/kernels/{kernel['id']}")["id"] == kernel["id"]
         again = notebook.execute_interactive("1 + 1", timeout=60)
         assert again["content"]["status"] == "ok"
+        # the person restarts from the notebook: the same session comes back again
+        notebook.execute("%kaimon restart")
+        key_file = sessions_dir() / f"session-{before['key']}.json"
+
+        def came_back() -> bool:
+            try:
+                return json.loads(key_file.read_text())["pid"] not in (before["pid"], row["pid"])
+            except (OSError, ValueError):
+                return False
+
+        wait_until(came_back, 60, "the session to come back after %kaimon restart")
     finally:
         notebook.stop_channels()
         jupyter_server.api("DELETE", f"/api/kernels/{kernel['id']}")
-    wait_until(lambda: not list(sessions_dir().glob("session-*.json")), 30, "session cleanup")
+    session_file = sessions_dir() / f"session-{before['key']}.json"
+    wait_until(lambda: not session_file.exists(), 30, "session cleanup")
 
 
 async def test_kernels_of_a_crashed_server_are_cleaned_by_the_next_one(tmp_path: Path) -> None:

@@ -227,7 +227,8 @@ async def test_with_no_session_ex_starts_a_kernel_and_says_so(tmp_path) -> None:
     (row,) = listing.structured_content["sessions"]
     assert row["started_by"] == "agent"
     # the server shut its kernel down on exit
-    wait_until(lambda: not list(sessions_dir().glob("session-*.json")), 15, "session file removal")
+    session_file = sessions_dir() / f"session-{row['key']}.json"
+    wait_until(lambda: not session_file.exists(), 15, "session file removal")
 
 
 async def test_no_auto_start_refuses_with_advice() -> None:

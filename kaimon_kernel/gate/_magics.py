@@ -20,6 +20,7 @@ USAGE = """\
 %kaimon tools
 %kaimon jobs [--all]
 %kaimon mirror on|off
+%kaimon restart
 %kaimon stop"""
 
 
@@ -40,6 +41,7 @@ def _parser() -> _Parser:
     s.add_argument("--promote-after", type=float, default=None)
     sub.add_parser("status", add_help=False)
     sub.add_parser("tools", add_help=False)
+    sub.add_parser("restart", add_help=False)
     m = sub.add_parser("mirror", add_help=False)
     m.add_argument("state", choices=["on", "off"])
     j = sub.add_parser("jobs", add_help=False)
@@ -86,6 +88,8 @@ class KaimonMagics(Magics):
             for t in tools:
                 first = (t.spec().description or "").strip().splitlines()[:1]
                 print(f"{ns}_{t.name}: {first[0] if first else '(no description)'}")
+        elif args.command == "restart":
+            _restart_self(gate)
         elif args.command == "mirror":
             if gate.info is not None and not gate.info.allow_mirror:
                 print("kaimon: this session was served with --no-mirror")
@@ -140,3 +144,24 @@ def _print_jobs(session_id: str | None) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(job.created_at))
         extra = f"  progress: {job.last_progress}" if job.last_progress else ""
         print(f"{job.id}  {job.status:9}  {when}  {job.elapsed:8.1f} s  {first!r}{extra}")
+
+
+def _restart_self(gate: Any) -> None:
+    """Ask this kernel to restart, as an agent's manage_repl does: its owner (a Jupyter server)
+    starts a fresh kernel on the same connection file, and the gate serves it again."""
+    from jupyter_client import BlockingKernelClient
+
+    from ._gate import _connection_file
+
+    if gate.info is None:
+        print("kaimon: not serving; restart with your frontend's restart button instead")
+        return
+    print(
+        f"kaimon: restarting; session {gate.info.key} comes back with a fresh kernel "
+        "(all state is gone)"
+    )
+    client = BlockingKernelClient(connection_file=_connection_file())
+    client.load_connection_file()
+    client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+    client.control_channel.send(client.session.msg("shutdown_request", {"restart": True}))
+    gate.restart_client = client  # keep the socket open until the kernel goes down

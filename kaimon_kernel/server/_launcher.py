@@ -153,20 +153,22 @@ class Launcher:
         owned = self.owned.pop(key, None)
         if owned is None:
             return
+        # Withdraw the session first: if this server is killed midway, nothing stale is left
+        # but the owner record, which the next server uses to stop the kernel.
+        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        resume_file_for(owned.connection_file).unlink(missing_ok=True)
         session = self.registry.sessions.get(key)
         if session is not None and session.state == "ready":
             with contextlib.suppress(Exception):
-                await session.control_request("shutdown_request", {"restart": False}, timeout=3)
+                await session.control_request("shutdown_request", {"restart": False}, timeout=2)
         try:
-            await asyncio.wait_for(asyncio.to_thread(owned.process.wait), 5)
+            await asyncio.wait_for(asyncio.to_thread(owned.process.wait), 3)
         except asyncio.TimeoutError:
             owned.process.kill()
             await asyncio.to_thread(owned.process.wait)
         with contextlib.suppress(OSError):
             os.unlink(owned.connection_file)
-        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
         _owner_file(key).unlink(missing_ok=True)
-        resume_file_for(owned.connection_file).unlink(missing_ok=True)
         await self.registry.scan()
 
     async def shutdown_all(self) -> None:

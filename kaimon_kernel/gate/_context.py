@@ -72,16 +72,6 @@ class EvalTracker:
         shell.events.register("post_run_cell", self._post_run_cell)
         self._install_hooks()
 
-    def close(self) -> None:
-        for name, fn in (
-            ("pre_run_cell", self._pre_run_cell),
-            ("post_run_cell", self._post_run_cell),
-        ):
-            try:
-                self.shell.events.unregister(name, fn)
-            except ValueError:
-                pass
-
     def _pre_run_cell(self, info: Any) -> None:
         kernel = getattr(self.shell, "kernel", None)
         parent = kernel.get_parent() if kernel is not None else {}

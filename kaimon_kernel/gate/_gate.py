@@ -116,16 +116,7 @@ def resume_after_restart(shell: Any) -> SessionInfo | None:
         previous = SessionInfo.model_validate_json(marker.read_text())
     except (KaimonError, OSError, ValueError):
         return None
-    return current_gate(shell).serve(
-        namespace=previous.namespace,
-        label=previous.label,
-        description=previous.description,
-        allow_mirror=previous.allow_mirror,
-        allow_restart=previous.allow_restart,
-        started_by=previous.started_by,
-        key=previous.key,
-        promote_after=previous.promote_after,
-    )
+    return current_gate(shell).serve_as(previous)
 
 
 def _connection_file() -> str:
@@ -208,6 +199,19 @@ class Gate:
             self.tools.add(*new_tools)
         return self.info
 
+    def serve_as(self, info: SessionInfo) -> SessionInfo:
+        """Serve (again) with every setting of ``info``, its key included."""
+        return self.serve(
+            namespace=info.namespace,
+            label=info.label,
+            description=info.description,
+            allow_mirror=info.allow_mirror,
+            allow_restart=info.allow_restart,
+            started_by=info.started_by,
+            key=info.key,
+            promote_after=info.promote_after,
+        )
+
     def stop(self) -> bool:
         """Withdraw the kernel from agents. Returns whether it was served."""
         if self.info is None:
@@ -273,18 +277,10 @@ class Gate:
             if self.info.allow_mirror:
                 self.view.enabled = message.mirror
         elif isinstance(message, SetInfo) and self.info is not None:
-            i = self.info
-            self.serve(
-                namespace=i.namespace,
-                label=message.label or i.label,
-                description=message.description
-                if message.description is not None
-                else i.description,
-                allow_mirror=i.allow_mirror,
-                allow_restart=i.allow_restart,
-                started_by=i.started_by,
-                promote_after=i.promote_after,
-            )
+            changes = {"label": message.label or self.info.label}
+            if message.description is not None:
+                changes["description"] = message.description
+            self.serve_as(self.info.model_copy(update=changes))
         elif isinstance(message, EvalQuery):
             records = EvalRecords(records=self.evals.query(message.msg_ids))
             send(comm, records)

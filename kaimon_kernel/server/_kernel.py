@@ -232,7 +232,6 @@ class KernelSession:
         self.executions: dict[str, Execution] = {}
         self.state: Literal["connecting", "ready", "refused", "dead", "closed"] = "connecting"
         self.problem = ""
-        self.gate_connected = False
         self.tools: list[ToolSpec] = []
         self.on_tools_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
@@ -325,6 +324,10 @@ class KernelSession:
         if self.subshell_id:
             msg["header"]["subshell_id"] = self.subshell_id
         self.client.shell_channel.send(msg)
+
+    def _send_to_gate(self, message: Any) -> None:
+        """One protocol message to the gate, on the session's comm."""
+        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": message.model_dump()})
 
     def _open_gate_comm(self) -> None:
         hello = Hello(server_pid=self.server_pid).model_dump(mode="json")
@@ -443,14 +446,12 @@ class KernelSession:
 
     def _on_gate_message(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "comm_close":
-            self.gate_connected = False
             return
         message = parse_gate_message(data)
         if isinstance(message, Refused):
             self.state, self.problem = "refused", message.reason
         elif isinstance(message, Welcome | ToolsChanged):
             if isinstance(message, Welcome):
-                self.gate_connected = True
                 self.info = message.session
             self.tools = message.tools
             if self.on_tools_changed is not None:
@@ -518,14 +519,13 @@ class KernelSession:
         future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
         call = self.calls[call_id] = PendingCall(call_id, name, future)
         request = CallTool(call_id=call_id, name=name, arguments=arguments)
-        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": request.model_dump()})
+        self._send_to_gate(request)
         return call
 
     def cancel_call(self, call_id: str) -> None:
         """Tell the gate the agent gave up: ``is_cancelled()`` turns true in the tool."""
         if self.state == "ready" and self.alive():
-            data = CancelCall(call_id=call_id).model_dump()
-            self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+            self._send_to_gate(CancelCall(call_id=call_id))
 
     def follow(self, msg_id: str, code: str, *, max_output: int = 6000) -> Execution:
         """Pick up an evaluation another server started (its output still flows on iopub)."""
@@ -540,8 +540,7 @@ class KernelSession:
         self.usable()
         fut: asyncio.Future[list[EvalRecord]] = asyncio.get_running_loop().create_future()
         self._queries.append(fut)
-        data = EvalQuery(msg_ids=msg_ids).model_dump()
-        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+        self._send_to_gate(EvalQuery(msg_ids=msg_ids))
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -551,21 +550,18 @@ class KernelSession:
 
     def set_mirror(self, on: bool) -> None:
         self.usable()
-        data = SetOption(mirror=on).model_dump()
-        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+        self._send_to_gate(SetOption(mirror=on))
 
     def set_info(self, label: str | None, description: str | None) -> None:
         """Ask the gate to relabel the session; the session file it rewrites carries it."""
         self.usable()
-        data = SetInfo(label=label, description=description).model_dump()
-        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+        self._send_to_gate(SetInfo(label=label, description=description))
 
     def cancel_eval(self, execution: Execution) -> None:
         """Cooperative cancel: ``is_cancelled()`` turns true in the running code."""
         execution.cancel_requested = True
         if self.state == "ready" and self.alive():
-            data = CancelEval(msg_id=execution.msg_id).model_dump()
-            self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
+            self._send_to_gate(CancelEval(msg_id=execution.msg_id))
 
     async def interrupt(self) -> str:
         """Interrupt the kernel for real: SIGINT to a local kernel, else an interrupt_request."""

@@ -11,29 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
-for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
-    os.environ[name] = str(ROOT / name.lower())
-os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
-TOKEN = "bench-token-0123456789abcdef"
-
-import httpx2  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
-from mcp import Client, StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(int(len(s) * q), len(s) - 1)] * 1000
+from _common import http_client, http_server, memory_mb, pct  # isolates Jupyter dirs first
+from jupyter_client.manager import KernelManager
+from mcp import Client, StdioServerParameters
 
 
 async def raw_floor(cf: str, n: int) -> list[float]:
@@ -74,13 +58,6 @@ async def mcp_loop(client: Client, n: int) -> list[float]:
     return out[10:]
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def main(n: int) -> None:
     km = KernelManager(kernel_name="python3")
     km.start_kernel()
@@ -98,40 +75,21 @@ async def main(n: int) -> None:
     async with Client(params, read_timeout_seconds=60) as client:
         results["kaimon stdio"] = await mcp_loop(client, n)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kaimon_kernel", "serve", "--http", "--port", str(port)],
-        env={**os.environ, "KAIMON_TOKEN": TOKEN},
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/mcp"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=60) as http,
-            Client(streamable_http_client(url, http_client=http)) as client,
-        ):
-            results["kaimon HTTP"] = await mcp_loop(client, n)
-            before = peak_rss_mb(server.pid)
-            t = time.perf_counter()
-            r = await client.call_tool("ex", {"code": "print('x' * 10_000_000)"})
-            big = time.perf_counter() - t
-            after = peak_rss_mb(server.pid)
-            t = time.perf_counter()
-            await client.call_tool("ex", {"code": "for i in range(100_000): print('y' * 99)"})
-            lines = time.perf_counter() - t
-            lines_peak = peak_rss_mb(server.pid)
-            chars = len(r.content[0].text)
+        with http_server() as (server, url):
+            async with http_client(url) as client:
+                results["kaimon HTTP"] = await mcp_loop(client, n)
+                before = memory_mb(server.pid)
+                t = time.perf_counter()
+                r = await client.call_tool("ex", {"code": "print('x' * 10_000_000)"})
+                big = time.perf_counter() - t
+                after = memory_mb(server.pid)
+                t = time.perf_counter()
+                await client.call_tool("ex", {"code": "for i in range(100_000): print('y' * 99)"})
+                lines = time.perf_counter() - t
+                lines_peak = memory_mb(server.pid)
+                chars = len(r.content[0].text)
     finally:
-        server.terminate()
-        server.wait(15)
         km.shutdown_kernel(now=True)
 
     floor = statistics.median(results["raw jupyter_client"])

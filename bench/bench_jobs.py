@@ -10,33 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
-for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
-    os.environ[name] = str(ROOT / name.lower())
-os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
-TOKEN = "bench-token-0123456789abcdef"
-
-sys.path.insert(0, str(Path(__file__).parent))
-import httpx2  # noqa: E402
-from bench_ex import mcp_loop, pct, peak_rss_mb, raw_floor  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
-from mcp import Client, StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from _common import http_client, http_server, memory_mb, pct  # isolates Jupyter dirs first
+from bench_ex import mcp_loop, raw_floor
+from jupyter_client.manager import KernelManager
+from mcp import Client, StdioServerParameters
 
 
 async def stdio(n: int, *extra: str) -> list[float]:
@@ -59,65 +40,35 @@ async def main(n: int) -> None:
     results["ex, promotion off"] = await stdio(n, "--promote-after", "0")
     results["ex, promote after 30 s"] = await stdio(n)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kaimon_kernel",
-            "serve",
-            "--http",
-            "--port",
-            str(port),
-            "--promote-after",
-            "0.001",
-        ],
-        env={**os.environ, "KAIMON_TOKEN": TOKEN},
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=120) as http,
-            Client(
-                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
-            ) as client,
-        ):
-            await client.call_tool("list_sessions", {})
-            base = rss_mb(server.pid)
-            t = time.perf_counter()
-            promoted = 0
-            for i in range(1000):
-                r = await client.call_tool("ex", {"code": f"print({i})"})
-                promoted += bool(r.structured_content and "eval_id" in r.structured_content)
-            while (await client.call_tool("list_jobs", {"status": "running"})).structured_content[
-                "jobs"
-            ]:
-                await asyncio.sleep(0.1)
-            thousand = time.perf_counter() - t
-            after_jobs = rss_mb(server.pid)
-            stats = (await client.call_tool("list_jobs", {"stats": True})).structured_content
-            r = await client.call_tool(
-                "ex", {"code": "for i in range(100):\n    print('x' * 1_000_000)"}
-            )
-            eval_id = r.structured_content["eval_id"]
-            t = time.perf_counter()
-            while (await client.call_tool("check_eval", {"eval_id": eval_id})).structured_content[
-                "status"
-            ] == "running":
-                await asyncio.sleep(0.1)
-            big = time.perf_counter() - t
-            peak = peak_rss_mb(server.pid)
+        with http_server("--promote-after", "0.001") as (server, url):
+            async with http_client(url) as client:
+                await client.call_tool("list_sessions", {})
+                base = memory_mb(server.pid, "VmRSS")
+                t = time.perf_counter()
+                promoted = 0
+                for i in range(1000):
+                    r = await client.call_tool("ex", {"code": f"print({i})"})
+                    promoted += bool(r.structured_content and "eval_id" in r.structured_content)
+                running = {"status": "running"}
+                while (await client.call_tool("list_jobs", running)).structured_content["jobs"]:
+                    await asyncio.sleep(0.1)
+                thousand = time.perf_counter() - t
+                after_jobs = memory_mb(server.pid, "VmRSS")
+                stats = (await client.call_tool("list_jobs", {"stats": True})).structured_content
+                r = await client.call_tool(
+                    "ex", {"code": "for i in range(100):\n    print('x' * 1_000_000)"}
+                )
+                eval_id = r.structured_content["eval_id"]
+                t = time.perf_counter()
+                check = {"eval_id": eval_id}
+                while (await client.call_tool("check_eval", check)).structured_content[
+                    "status"
+                ] == "running":
+                    await asyncio.sleep(0.1)
+                big = time.perf_counter() - t
+                peak = memory_mb(server.pid)
     finally:
-        server.terminate()
-        server.wait(15)
         km.shutdown_kernel(now=True)
 
     floor = statistics.median(results["raw jupyter_client"])

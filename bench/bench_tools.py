@@ -9,28 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
-for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR"):
-    os.environ[name] = str(ROOT / name.lower())
-os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
-TOKEN = "bench-token-0123456789abcdef"
+from _common import http_client, http_server, pct  # isolates Jupyter dirs first
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.manager import KernelManager
+from mcp import Client, StdioServerParameters
 
-import httpx2  # noqa: E402
-from jupyter_client.asynchronous import AsyncKernelClient  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
-from mcp import Client, StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
-from kaimon_kernel._protocol import COMM_TARGET, CallTool, Hello  # noqa: E402
+from kaimon_kernel._protocol import COMM_TARGET, CallTool, Hello
 
 SERVE = (
     "import kaimon_kernel\n"
@@ -38,11 +27,6 @@ SERVE = (
     "kaimon_kernel.serve(namespace={ns!r}, tools=[kaimon_kernel.GateTool('noop', noop)]"
     " + [kaimon_kernel.GateTool(f't{{i}}', noop) for i in range({extra})])"
 )
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(int(len(s) * q), len(s) - 1)] * 1000
 
 
 def start_kernel(ns: str, extra: int) -> KernelManager:
@@ -109,45 +93,25 @@ async def main(n: int) -> None:
     async with Client(params, read_timeout_seconds=60, cache=None) as client:
         results["gate tool via stdio"] = await mcp_calls(client, n)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kaimon_kernel", "serve", "--http", "--port", str(port)],
-        env={**os.environ, "KAIMON_TOKEN": TOKEN},
-        stderr=subprocess.DEVNULL,
-    )
     extra = []
     try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=60) as http,
-            Client(
-                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), cache=None
-            ) as client,
-        ):
-            results["gate tool via HTTP"] = await mcp_calls(client, n)
-            # 10 more sessions x 21 tools: 211 gate tools in all
-            extra = [start_kernel(f"ns{i}", 20) for i in range(10)]
-            for _ in range(400):
-                names = [t.name for t in (await client.list_tools()).tools]
-                gate_count = sum(n.startswith(("bench_", "ns")) for n in names)
-                if gate_count >= 211:
-                    break
-                await asyncio.sleep(0.05)
-            list_times = []
-            for _ in range(50):
-                t = time.perf_counter()
-                count = len((await client.list_tools()).tools)
-                list_times.append(time.perf_counter() - t)
+        with http_server() as (_server, url):
+            async with http_client(url, cache=None) as client:
+                results["gate tool via HTTP"] = await mcp_calls(client, n)
+                # 10 more sessions x 21 tools: 211 gate tools in all
+                extra = [start_kernel(f"ns{i}", 20) for i in range(10)]
+                for _ in range(400):
+                    names = [t.name for t in (await client.list_tools()).tools]
+                    gate_count = sum(n.startswith(("bench_", "ns")) for n in names)
+                    if gate_count >= 211:
+                        break
+                    await asyncio.sleep(0.05)
+                list_times = []
+                for _ in range(50):
+                    t = time.perf_counter()
+                    count = len((await client.list_tools()).tools)
+                    list_times.append(time.perf_counter() - t)
     finally:
-        server.terminate()
-        server.wait(15)
         for k in [km, *extra]:
             k.shutdown_kernel(now=True)
 

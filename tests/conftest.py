@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,53 @@ class HttpServer:
 
 def text_of(result: Any) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
+
+
+class JupyterServer:
+    """A real Jupyter server (``app="jupyter_server"``) or JupyterLab (``app="jupyterlab"``)."""
+
+    def __init__(self, root: Path, app: str = "jupyter_server") -> None:
+        self.log = root / f"{app}.log"
+        self.port = free_port()
+        self.token = "jstoken0123456789"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                app,
+                "--no-browser",
+                f"--port={self.port}",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.ip=127.0.0.1",
+                "--allow-root",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "the Jupyter server")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(self.log.read_text())
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

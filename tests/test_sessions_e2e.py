@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import PersonKernel, free_port, sessions_dir, stdio_client, text_of, wait_until
+from conftest import JupyterServer, PersonKernel, sessions_dir, stdio_client, text_of, wait_until
 from jupyter_client import BlockingKernelClient
 
 pytestmark = pytest.mark.anyio
@@ -155,54 +152,6 @@ async def test_labels_and_descriptions_set_by_the_agent(person: PersonKernel) ->
 
 
 # -- a kernel owned by a real Jupyter server ---------------------------------------------------
-
-
-class JupyterServer:
-    def __init__(self, root: Path) -> None:
-        self.log = root / "jupyter-server.log"
-        self.port = free_port()
-        self.token = "jstoken0123456789"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter_server",
-                "--no-browser",
-                f"--port={self.port}",
-                f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={root}",
-                "--ServerApp.ip=127.0.0.1",
-                "--allow-root",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-        wait_until(self._up, 60, "the Jupyter server")
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(self.log.read_text())
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture

@@ -95,9 +95,10 @@ class KaimonMagics(Magics):
                 print("kaimon: this session was served with --no-mirror")
             else:
                 gate.view.enabled = args.state == "on"
-                if gate.view.enabled and not gate.view.shown:
-                    gate.view.show()
                 print(f"kaimon: live view {args.state}")
+                if gate.view.enabled:
+                    # (re)shown here: after a page reload the old cell no longer gets updates
+                    gate.view.show()
         elif args.command == "jobs":
             _print_jobs(None if args.all or gate.info is None else gate.info.session_id)
         elif args.command == "stop":

@@ -10,10 +10,12 @@ import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import JupyterServer, PersonKernel, sessions_dir, stdio_client, text_of, wait_until
 from jupyter_client import BlockingKernelClient
+from mcp.types import ElicitResult
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +52,41 @@ async def test_start_session_elsewhere_is_refused_until_the_person_allows_it(tmp
         assert added.returncode == 0, added.stderr
         allowed = await client.call_tool("start_session", {"project_path": str(elsewhere)})
     assert not allowed.is_error, text_of(allowed)
+    assert str(elsewhere.resolve()) in kaimon_cli("projects", "list").stdout
+    assert kaimon_cli("projects", "remove", str(elsewhere)).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # input_required, and mid-call requests
+async def test_a_client_that_can_ask_puts_the_directory_to_the_person(tmp_path, mode) -> None:
+    elsewhere = tmp_path / "asked"
+    elsewhere.mkdir()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    answers = iter(
+        [
+            ElicitResult(action="decline"),
+            ElicitResult(action="accept", content={"allow": "once"}),
+            ElicitResult(action="accept", content={"allow": "always"}),
+        ]
+    )
+    asked: list[str] = []
+
+    async def person_answers(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return next(answers)
+
+    async with stdio_client(cwd=server_dir, mode=mode, elicitation_callback=person_answers) as c:
+        args = {"project_path": str(elsewhere)}
+        declined = await c.call_tool("start_session", args)
+        once = await c.call_tool("start_session", args)
+        listed_after_once = kaimon_cli("projects", "list").stdout
+        always = await c.call_tool("start_session", args)
+        # allowed now: no question the fourth time
+        again = await c.call_tool("start_session", args)
+    assert declined.is_error and "declined" in text_of(declined)
+    assert not once.is_error and not always.is_error and not again.is_error, text_of(again)
+    assert len(asked) == 3 and str(elsewhere.resolve()) in asked[0]
+    assert str(elsewhere.resolve()) not in listed_after_once
     assert str(elsewhere.resolve()) in kaimon_cli("projects", "list").stdout
     assert kaimon_cli("projects", "remove", str(elsewhere)).returncode == 0
 

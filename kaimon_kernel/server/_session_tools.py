@@ -1,17 +1,24 @@
 """Tools that manage sessions: start, restart/shutdown/interrupt, labels."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the SDK resolves `Resolve(ask_the_person)` from
+# the evaluated annotation, and ask_the_person is a closure over the server's state.
 import asyncio
 import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    Elicit,
+    ElicitationResult,
+    MCPServer,
+    Resolve,
+)
 from mcp.types import CallToolResult
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from .._config import allowed_projects
+from .._config import add_project, allowed_projects
 from .._errors import KaimonError
 from ._core import Kaimon
 from ._kernel import KernelSession
@@ -31,16 +38,55 @@ def _is_within(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def _project(kaimon: Kaimon, project_path: str) -> Path:
+    project = Path(project_path).expanduser()
+    if not project.is_absolute():
+        project = Path(kaimon.options.cwd) / project
+    return project.resolve()
+
+
+class AllowProject(BaseModel):
+    """The person's answer when an agent asks to start a kernel outside the allowed projects."""
+
+    allow: Literal["once", "always"] = Field(
+        description="once: start this kernel only; always: also add the directory to the "
+        "allowed projects (as `kaimon projects add` does)"
+    )
+
+
 def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
+    def ask_the_person(
+        project_path: str | None, ctx: Context
+    ) -> Elicit[AllowProject] | AllowProject | None:
+        """Ask through the client (MCP elicitation) when the directory is not allowed yet.
+
+        None means there is nothing to ask, or no way to ask: the tool then decides alone.
+        """
+        if project_path is None:
+            return None
+        project = _project(kaimon, project_path)
+        if not project.is_dir() or _is_within(project, _allowed(kaimon)):
+            return None
+        capabilities = ctx.client_capabilities
+        if capabilities is None or capabilities.elicitation is None:
+            return None
+        return Elicit(
+            f"An agent asks to start a Python kernel in {project}, which is not one of "
+            "kaimon's allowed projects. Allow it?",
+            AllowProject,
+        )
+
     @mcp.tool()
     async def start_session(
+        permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
         project_path: Annotated[
             str | None, Field(description="an allowed project directory; omit to list them")
         ] = None,
         name: Annotated[str | None, Field(description="a label for the new session")] = None,
     ) -> CallToolResult:
         """Start a new kernel with the gate served, in an allowed project directory (using
-        the project's .venv when it has one with ipykernel and kaimon-kernel)."""
+        the project's .venv when it has one with ipykernel and kaimon-kernel). Where the
+        client can ask the person, a directory not allowed yet is put to them."""
         roots = _allowed(kaimon)
         if project_path is None:
             listing = "\n".join(f"  {r}" for r in roots)
@@ -48,19 +94,23 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 f"Projects where you may start a session:\n{listing}",
                 structured={"projects": [str(r) for r in roots]},
             )
-        project = Path(project_path).expanduser()
-        if not project.is_absolute():
-            project = Path(kaimon.options.cwd) / project
-        project = project.resolve()
+        project = _project(kaimon, project_path)
         if not project.is_dir():
             return text_result(f"{project} is not a directory", error=True)
         if not _is_within(project, roots):
-            return text_result(
-                f"{project} is not an allowed project. The person can allow it with "
-                f"`kaimon projects add {project}` (then call start_session again). Allowed:\n"
-                + "\n".join(f"  {r}" for r in roots),
-                error=True,
-            )
+            answer = permission.data if isinstance(permission, AcceptedElicitation) else None
+            if isinstance(answer, AllowProject):
+                if answer.allow == "always":
+                    add_project(str(project))
+            else:
+                asked = not isinstance(permission, AcceptedElicitation)
+                return text_result(
+                    (f"The person declined to allow {project}. " if asked else "")
+                    + f"{project} is not an allowed project. The person can allow it with "
+                    f"`kaimon projects add {project}` (then call start_session again). Allowed:\n"
+                    + "\n".join(f"  {r}" for r in roots),
+                    error=True,
+                )
         python, why = project_python(project)
         try:
             session = await kaimon.launcher.start(str(project), name=name, python=python)

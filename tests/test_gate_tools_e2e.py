@@ -94,6 +94,17 @@ async def wait_for_tool(client: Any, name: str, present: bool = True) -> list[An
             await asyncio.sleep(0.05)
 
 
+async def test_a_tool_called_as_the_server_starts_is_found_and_a_wrong_name_is_named(
+    todo: PersonKernel,
+) -> None:
+    # no tools/list first: the call itself waits for the session that is still connecting
+    async with stdio_client(cache=None) as client:
+        first = await client.call_tool("todo_later", {"x": 4})
+        wrong = await client.call_tool("todo_no_such_tool", {})
+    assert first.structured_content == {"double": 8}, text_of(first)
+    assert wrong.is_error and "todo_no_such_tool" in text_of(wrong)
+
+
 async def test_the_agent_sees_namespaced_tools_with_their_schema(todo: PersonKernel) -> None:
     async with stdio_client(cache=None) as client:
         tools = {t.name: t for t in await wait_for_tool(client, "todo_add_task")}

@@ -76,3 +76,22 @@ async def test_mirror_can_be_turned_off_and_is_refused_where_not_allowed(make_pe
     updates = drain_updates(person, display_id)
     assert updates
     assert all("y = 2" in u for u in updates)  # nothing was sent while the view was off
+
+
+async def test_the_agents_tool_calls_show_in_the_view(make_person) -> None:
+    person = make_person(serve=False)
+    display_id = serve_with_view(person, "--namespace shop")
+    status, out = person.run(
+        "import kaimon_kernel\n"
+        "@kaimon_kernel.tool\n"
+        "def price(item: str, qty: int = 1) -> float:\n"
+        "    return 2.5 * qty\n"
+    )
+    assert status == "ok", out
+    drain_updates(person, display_id)
+    async with stdio_client() as client:
+        result = await client.call_tool("shop_price", {"item": "pear", "qty": 2})
+    assert not result.is_error, text_of(result)
+    updates = drain_updates(person, display_id)
+    assert updates and "ok" in updates[-1]
+    assert "tool price(item='pear', qty=2)" in updates[-1]

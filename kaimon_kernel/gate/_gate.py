@@ -296,6 +296,7 @@ class Gate:
         self._calls[request.call_id] = call
 
         def work() -> None:
+            started = time.monotonic()
             try:
                 result = run_call(
                     self.tools.get(request.name), request.name, request.arguments, call
@@ -303,6 +304,10 @@ class Gate:
                 send(comm, result)
             finally:
                 self._calls.pop(request.call_id, None)
+            status = "error" if result.is_error else "ok"
+            self.view.tool_finished(
+                request.name, request.arguments, status, time.monotonic() - started
+            )
 
         # A worker thread: a long tool never holds up the comm (cancel must get through).
         threading.Thread(target=work, name=f"kaimon-tool-{request.name}", daemon=True).start()

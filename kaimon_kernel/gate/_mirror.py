@@ -1,9 +1,9 @@
 """The live view: the cell where the person ran ``%kaimon serve`` shows what the agent does.
 
 A display with a ``display_id``, updated with ``update_display_data`` while the agent's code
-runs: its code, how long it has run, the tail of its output, and the recent blocks. The
-updates carry the serve cell's request as parent, so frontends route them to that cell and
-the server never mistakes them for the agent's own output.
+runs: its code, how long it has run, the tail of its output, and the recent blocks and tool
+calls. The updates carry the serve cell's request as parent, so frontends route them to that
+cell and the server never mistakes them for the agent's own output.
 """
 
 from __future__ import annotations
@@ -61,13 +61,22 @@ class LiveView:
         with self._lock:
             if self._running is None:
                 return
-            first = (self._running["code"].strip().splitlines() or [""])[0][:80]
-            took = time.time() - self._running["since"]
-            self._recent.appendleft(
-                f"{time.strftime('%H:%M:%S')}  {status:5} {took:6.1f} s  {first}"
-            )
+            first = (self._running["code"].strip().splitlines() or [""])[0]
+            self._remember(status, time.time() - self._running["since"], first)
             self._running = None
         self._publish()
+
+    def tool_finished(self, name: str, arguments: dict[str, Any], status: str, took: float) -> None:
+        """A gate tool call the agent made: it runs beside the cells, so only its outcome shows."""
+        args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        with self._lock:
+            self._remember(status, took, f"tool {name}({args})")
+        self._publish()
+
+    def _remember(self, status: str, took: float, what: str) -> None:
+        self._recent.appendleft(
+            f"{time.strftime('%H:%M:%S')}  {status:5} {took:6.1f} s  {what[:80]}"
+        )
 
     def _tick(self) -> None:
         while self._running is not None:

@@ -239,6 +239,7 @@ class KernelSession:
         self._queries: list[asyncio.Future[list[EvalRecord]]] = []
         self._comm_id = uuid.uuid4().hex
         self._ready = asyncio.Event()
+        self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
         self._tasks: list[asyncio.Task[None]] = []
         self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
@@ -284,6 +285,11 @@ class KernelSession:
     async def wait_ready(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def wait_welcomed(self, timeout: float) -> None:
+        """Until the gate has answered the comm (its tools are known), at most ``timeout``."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._welcomed.wait(), timeout)
 
     async def _handshake(self, timeout: float) -> None:
         """kernel_info on the control channel (answered even while a cell runs) until iopub
@@ -448,6 +454,8 @@ class KernelSession:
         if kind == "comm_close":
             return
         message = parse_gate_message(data)
+        if isinstance(message, Refused | Welcome):
+            self._welcomed.set()
         if isinstance(message, Refused):
             self.state, self.problem = "refused", message.reason
         elif isinstance(message, Welcome | ToolsChanged):

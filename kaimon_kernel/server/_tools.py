@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
+CONNECT_GRACE = 5.0  # how long a call to an unknown tool waits for connecting sessions
 
 
 def _result_content(execution: Execution, header: str = "") -> list[ContentBlock]:
@@ -133,9 +134,21 @@ class KaimonMCP(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         if self._tool_manager.get_tool(name) is None:
             ref = self.kaimon.gate_tools().get(name)
+            if ref is None:
+                ref = await self._gate_tool_once_connected(name)
             if ref is not None:
                 return await _call_gate_tool(ref, arguments, context)
         return await super().call_tool(name, arguments, context)
+
+    async def _gate_tool_once_connected(self, name: str) -> GateToolRef | None:
+        """An unknown name may be a tool of a session that is still connecting (a server
+        just started, a kernel just served): look again once every session has answered."""
+        await self.kaimon.registry.scan()
+        sessions = [
+            s for s in self.kaimon.registry.sessions.values() if s.state in ("connecting", "ready")
+        ]
+        await asyncio.gather(*(s.wait_welcomed(CONNECT_GRACE) for s in sessions))
+        return self.kaimon.gate_tools().get(name)
 
     async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:
         self._remember(ctx)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 BLOCK_MAX_CHARS = 50_000_000
 KEEP_BLOCKS = 2000
 KEEP_CHARS = 1_000_000_000
+READ_CHUNK = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -73,7 +74,7 @@ class BlockWriter:
         self.path = path
         self.chars = 0
         self.cut = 0
-        self._file: TextIO | None = path.open("w", encoding="utf-8")
+        self._file: TextIO | None = path.open("w", encoding="utf-8", errors="replace", newline="")
 
     def write(self, text: str) -> None:
         if self._file is None or not text:
@@ -156,8 +157,11 @@ class BlockStore:
         path = self.path(block_id)
         if not path.exists():
             return "", 0
-        text = path.read_text(encoding="utf-8", errors="replace")
-        return text[offset : offset + limit], len(text)
+        # Streamed in chunks: a page of a 50 M-character block never holds the whole text.
+        with path.open(encoding="utf-8", errors="replace", newline="") as f:
+            total = _skip(f, offset)
+            page = f.read(limit) if total == offset else ""
+            return page, total + len(page) + _skip(f, None)
 
     def _evict(self) -> None:
         rows = self.db.execute("SELECT id, chars FROM blocks ORDER BY started_at DESC").fetchall()
@@ -173,3 +177,14 @@ class BlockStore:
             with self.db:
                 self.db.executemany("DELETE FROM blocks WHERE id = ?", [(b,) for b in doomed])
             logger.info("evicted %d old blocks", len(doomed))
+
+
+def _skip(f: TextIO, count: int | None) -> int:
+    """Read past ``count`` characters (None: to the end); how many there were."""
+    skipped = 0
+    while count is None or skipped < count:
+        chunk = f.read(READ_CHUNK if count is None else min(count - skipped, READ_CHUNK))
+        if not chunk:
+            break
+        skipped += len(chunk)
+    return skipped

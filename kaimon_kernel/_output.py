@@ -11,9 +11,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Image", "OutputCapture", "strip_ansi"]
+__all__ = ["Image", "OutputCapture", "as_shown", "strip_ansi"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+# What a carriage return overwrites (a progress bar's earlier states); "\r\n" is a newline.
+_OVERWRITTEN = re.compile(r"[^\r\n]*\r(?!\n)")
 #: Images larger than this (base64 characters) are not sent; a note says so instead.
 #: The SDK's HTTP client rejects one streamed event over 1 MiB.
 MAX_IMAGE_B64 = 700_000
@@ -23,6 +25,11 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def as_shown(text: str) -> str:
+    """Text as a terminal or notebook shows it: what a ``\\r`` went back over is gone."""
+    return _OVERWRITTEN.sub("", text)
 
 
 @dataclass
@@ -76,10 +83,10 @@ class _HeadTail:
         return self.total - self.head_len - self.tail_len
 
     def text(self) -> str:
-        head = "".join(self.head)
-        tail = "".join(self.tail)
         if self.cut <= 0:
-            return head + tail
+            return as_shown("".join(self.head) + "".join(self.tail))
+        head = as_shown("".join(self.head))
+        tail = as_shown("".join(self.tail))
         return (
             f"{head}\n… [{self.cut:,} of {self.total:,} characters cut; "
             f"showing the first {self.head_len:,} and the last {self.tail_len:,}] …\n{tail}"

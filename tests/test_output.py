@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kaimon_kernel._output import MAX_IMAGE_B64, OutputCapture, strip_ansi
+from kaimon_kernel._output import MAX_IMAGE_B64, OutputCapture, as_shown, strip_ansi
 
 
 def test_short_output_is_kept_whole() -> None:
@@ -33,6 +33,15 @@ def test_streamed_chunks_are_bounded_and_reset() -> None:
 
 def test_ansi_codes_are_stripped() -> None:
     assert strip_ansi("\x1b[0;31mZeroDivisionError\x1b[0m") == "ZeroDivisionError"
+
+
+def test_what_a_carriage_return_went_back_over_is_not_shown() -> None:
+    cap = OutputCapture()
+    for i in range(0, 101, 10):
+        cap.add_text(f"\r{i:3d}%|{'#' * (i // 10):10}|")
+    cap.add_text("\ndone\r\nnext line\n")
+    assert cap.text() == "100%|##########|\ndone\r\nnext line\n"
+    assert as_shown("a\rb\rc\nx\r\ny") == "c\nx\r\ny"
 
 
 def test_images_are_kept_unless_too_large_for_one_message() -> None:

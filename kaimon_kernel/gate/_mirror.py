@@ -15,6 +15,8 @@ import uuid
 from collections import deque
 from typing import Any
 
+from .._output import as_shown
+
 __all__ = ["LiveView"]
 
 TICK = 1.0
@@ -96,7 +98,8 @@ class LiveView:
                 lines.extend("    " + line for line in self._running["code"].splitlines()[:12])
                 if self._tail:
                     lines.append("  output so far:")
-                    lines.extend("    " + line for line in self._tail.splitlines()[-15:])
+                    tail = as_shown(self._tail).splitlines()[-15:]
+                    lines.extend("    " + line for line in tail)
             else:
                 lines.append("  idle: the agent runs nothing right now")
             if self._recent:

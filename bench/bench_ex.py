@@ -14,48 +14,73 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from _common import http_client, http_server, memory_mb, pct  # isolates Jupyter dirs first
 from jupyter_client.manager import KernelManager
 from mcp import Client, StdioServerParameters
 
 
-async def raw_floor(cf: str, n: int) -> list[float]:
-    from jupyter_client.asynchronous import AsyncKernelClient
+class RawClient:
+    """The floor: execute_request → execute_reply + iopub idle, straight jupyter_client."""
 
-    kc = AsyncKernelClient(connection_file=cf)
-    kc.load_connection_file()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=30)
-    out = []
-    for _ in range(n + 10):
+    def __init__(self, connection_file: str) -> None:
+        from jupyter_client.asynchronous import AsyncKernelClient
+
+        self.kc = AsyncKernelClient(connection_file=connection_file)
+        self.kc.load_connection_file()
+
+    async def __aenter__(self) -> RawClient:
+        self.kc.start_channels()
+        await self.kc.wait_for_ready(timeout=30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.kc.stop_channels()
+
+    async def once(self) -> float:
+        # what kaimon's rounds put on iopub meanwhile is not this round's work: untimed
+        while await self.kc.iopub_channel.msg_ready():
+            await self.kc.get_iopub_msg(timeout=1)
         t = time.perf_counter()
-        msg_id = kc.execute("1+1")
+        msg_id = self.kc.execute("1+1")
         idle = reply = False
         while not (idle and reply):
             if not reply:
-                r = await kc.get_shell_msg(timeout=10)
+                r = await self.kc.get_shell_msg(timeout=10)
                 reply = r["parent_header"].get("msg_id") == msg_id
             if not idle:
-                m = await kc.get_iopub_msg(timeout=10)
+                m = await self.kc.get_iopub_msg(timeout=10)
                 idle = (
                     m["parent_header"].get("msg_id") == msg_id
                     and m["msg_type"] == "status"
                     and m["content"]["execution_state"] == "idle"
                 )
-        out.append(time.perf_counter() - t)
-    kc.stop_channels()
-    return out[10:]
+        return time.perf_counter() - t
 
 
-async def mcp_loop(client: Client, n: int) -> list[float]:
-    out = []
-    for _ in range(n + 10):
+def mcp_once(client: Client) -> Callable[[], Awaitable[float]]:
+    async def once() -> float:
         t = time.perf_counter()
         r = await client.call_tool("ex", {"code": "1+1"})
-        out.append(time.perf_counter() - t)
+        took = time.perf_counter() - t
         assert r.content[0].text.strip() == "2", r
-    return out[10:]
+        return took
+
+    return once
+
+
+async def interleaved(paths: dict[str, Callable[[], Awaitable[float]]], n: int) -> dict:
+    """Rounds of 10 calls per path, in turn, so a drifting machine moves every path alike."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for once in paths.values():  # warm-up
+        for _ in range(10):
+            await once()
+    for _ in range(max(n // 10, 1)):
+        for name, once in paths.items():
+            for _ in range(10):
+                samples[name].append(await once())
+    return samples
 
 
 async def main(n: int) -> None:
@@ -66,19 +91,24 @@ async def main(n: int) -> None:
     kc.wait_for_ready(timeout=30)
     kc.execute_interactive("%load_ext kaimon_kernel\n%kaimon serve --label bench", timeout=30)
 
-    results: dict[str, list[float]] = {}
-    results["raw jupyter_client"] = await raw_floor(km.connection_file, n)
-
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "kaimon_kernel", "serve"], env=dict(os.environ)
     )
-    async with Client(params, read_timeout_seconds=60) as client:
-        results["kaimon stdio"] = await mcp_loop(client, n)
-
     try:
         with http_server() as (server, url):
-            async with http_client(url) as client:
-                results["kaimon HTTP"] = await mcp_loop(client, n)
+            async with (
+                RawClient(km.connection_file) as raw,
+                Client(params, read_timeout_seconds=60) as stdio,
+                http_client(url) as client,
+            ):
+                results = await interleaved(
+                    {
+                        "raw jupyter_client": raw.once,
+                        "kaimon stdio": mcp_once(stdio),
+                        "kaimon HTTP": mcp_once(client),
+                    },
+                    n,
+                )
                 before = memory_mb(server.pid)
                 t = time.perf_counter()
                 r = await client.call_tool("ex", {"code": "print('x' * 10_000_000)"})
@@ -93,7 +123,7 @@ async def main(n: int) -> None:
         km.shutdown_kernel(now=True)
 
     floor = statistics.median(results["raw jupyter_client"])
-    print(f"ex('1+1'), n={n}, same kernel, same run")
+    print(f"ex('1+1'), n={n} per path, same kernel, interleaved rounds of 10")
     print(f"{'path':22} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
     for name, samples in results.items():
         print(

@@ -9,6 +9,7 @@ cell and the server never mistakes them for the agent's own output.
 from __future__ import annotations
 
 import html
+import logging
 import threading
 import time
 import uuid
@@ -19,7 +20,12 @@ from .._output import as_shown
 
 __all__ = ["LiveView"]
 
+logger = logging.getLogger(__name__)
+
 TICK = 1.0
+#: Changes within this window make one update, so a short run's start and end cost the
+#: agent's execution nothing: updates go out from the view's own thread.
+COALESCE = 0.05
 TAIL_CHARS = 1500
 
 
@@ -34,7 +40,8 @@ class LiveView:
         self._tail = ""
         self._recent: deque[str] = deque(maxlen=5)
         self._lock = threading.Lock()
-        self._ticker: threading.Thread | None = None
+        self._changed = threading.Event()
+        self._publisher: threading.Thread | None = None
 
     def show(self) -> None:
         """Put the view in the current cell (the one running ``%kaimon serve``)."""
@@ -44,15 +51,17 @@ class LiveView:
         self._parent = kernel.get_parent() if kernel is not None else {}
         display(self._bundle(), raw=True, display_id=self.display_id)
         self.shown = True
+        if self._publisher is None:
+            self._publisher = threading.Thread(
+                target=self._publish_loop, name="kaimon-live-view", daemon=True
+            )
+            self._publisher.start()
 
     def agent_started(self, code: str) -> None:
         with self._lock:
             self._running = {"code": code, "since": time.time()}
             self._tail = ""
-        self._publish()
-        if self._ticker is None or not self._ticker.is_alive():
-            self._ticker = threading.Thread(target=self._tick, name="kaimon-live-view", daemon=True)
-            self._ticker.start()
+        self._changed.set()
 
     def agent_output(self, text: str) -> None:
         with self._lock:
@@ -66,25 +75,30 @@ class LiveView:
             first = (self._running["code"].strip().splitlines() or [""])[0]
             self._remember(status, time.time() - self._running["since"], first)
             self._running = None
-        self._publish()
+        self._changed.set()
 
     def tool_finished(self, name: str, arguments: dict[str, Any], status: str, took: float) -> None:
         """A gate tool call the agent made: it runs beside the cells, so only its outcome shows."""
         args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
         with self._lock:
             self._remember(status, took, f"tool {name}({args})")
-        self._publish()
+        self._changed.set()
 
     def _remember(self, status: str, took: float, what: str) -> None:
         self._recent.appendleft(
             f"{time.strftime('%H:%M:%S')}  {status:5} {took:6.1f} s  {what[:80]}"
         )
 
-    def _tick(self) -> None:
-        while self._running is not None:
-            time.sleep(TICK)
-            if self._running is not None:
+    def _publish_loop(self) -> None:
+        """Publish after each burst of changes, and every TICK while the agent's code runs."""
+        while True:
+            if self._changed.wait(TICK if self._running is not None else None):
+                time.sleep(COALESCE)
+                self._changed.clear()
+            try:
                 self._publish()
+            except Exception:  # e.g. the kernel is shutting down; the view never breaks it
+                logger.debug("live view update failed", exc_info=True)
 
     def text(self) -> str:
         with self._lock:

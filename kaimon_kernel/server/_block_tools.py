@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import nbformat
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
@@ -17,6 +16,11 @@ from .._errors import KaimonError
 from ._blocks import Block
 from ._core import Kaimon
 from ._results import text_result
+
+if TYPE_CHECKING:
+    # Imported where used: nbformat loads jsonschema's format checkers, which take 1.5 s
+    # where rfc3987-syntax is installed (next to JupyterLab), on every `kaimon serve` start.
+    import nbformat
 
 __all__ = ["add_block_tools", "blocks_to_notebook"]
 
@@ -31,6 +35,8 @@ def blocks_to_notebook(
     blocks: list[Block], read: Callable[[str, int, int], tuple[str, int]]
 ) -> nbformat.NotebookNode:
     """The blocks as a notebook: one code cell each, with its (bounded) output."""
+    import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -161,6 +167,8 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         blocks = list(reversed(kaimon.blocks.history(key, 10_000)))
         if not blocks:
             return text_result(f"session {key} has no blocks to export", error=True)
+        import nbformat
+
         nb = blocks_to_notebook(blocks, kaimon.blocks.read)
         nbformat.validate(nb)
         target.parent.mkdir(parents=True, exist_ok=True)

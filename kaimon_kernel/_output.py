@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 __all__ = ["Image", "OutputCapture", "as_shown", "strip_ansi"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
-# What a carriage return overwrites (a progress bar's earlier states); "\r\n" is a newline.
-_OVERWRITTEN = re.compile(r"[^\r\n]*\r(?!\n)")
 #: Images larger than this (base64 characters) are not sent; a note says so instead.
 #: The SDK's HTTP client rejects one streamed event over 1 MiB.
 MAX_IMAGE_B64 = 700_000
@@ -28,8 +26,17 @@ def strip_ansi(text: str) -> str:
 
 
 def as_shown(text: str) -> str:
-    """Text as a terminal or notebook shows it: what a ``\\r`` went back over is gone."""
-    return _OVERWRITTEN.sub("", text)
+    """Text as a terminal or notebook shows it: what a ``\\r`` went back over (a progress
+    bar's earlier states) is gone. ``\\r\\n`` is a newline. Linear time, line by line."""
+    if "\r" not in text:
+        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if "\r" in line:
+            ends_cr = line.endswith("\r")
+            kept = (line[:-1] if ends_cr else line).rsplit("\r", 1)[-1]
+            lines[i] = kept + "\r" if ends_cr else kept
+    return "\n".join(lines)
 
 
 @dataclass

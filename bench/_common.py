@@ -1,16 +1,18 @@
 """What every benchmark shares: isolated Jupyter dirs, percentiles, process memory, and a
-`kaimon serve --http` to talk to. Import it before anything that reads Jupyter paths."""
+`kaimon serve --http` to talk to, the raw jupyter_client floor, and interleaved timing rounds.
+Import it before anything that reads Jupyter paths."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(tempfile.mkdtemp(prefix="kaimon-bench-"))
@@ -70,3 +72,78 @@ async def http_client(url: str, **kwargs: object) -> AsyncIterator[Client]:
         Client(streamable_http_client(url, http_client=http), **kwargs) as client,  # type: ignore[arg-type]
     ):
         yield client
+
+
+class RawClient:
+    """The floor: execute_request → execute_reply + iopub idle, straight jupyter_client."""
+
+    def __init__(self, connection_file: str) -> None:
+        from jupyter_client.asynchronous import AsyncKernelClient
+
+        self.kc = AsyncKernelClient(connection_file=connection_file)
+        self.kc.load_connection_file()
+
+    async def __aenter__(self) -> RawClient:
+        self.kc.start_channels()
+        await self.kc.wait_for_ready(timeout=30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.kc.stop_channels()
+
+    async def once(self) -> float:
+        # what kaimon's rounds put on iopub meanwhile is not this round's work: untimed
+        while await self.kc.iopub_channel.msg_ready():
+            await self.kc.get_iopub_msg(timeout=1)
+        t = time.perf_counter()
+        msg_id = self.kc.execute("1+1")
+        idle = reply = False
+        while not (idle and reply):
+            if not reply:
+                r = await self.kc.get_shell_msg(timeout=10)
+                reply = r["parent_header"].get("msg_id") == msg_id
+            if not idle:
+                m = await self.kc.get_iopub_msg(timeout=10)
+                idle = (
+                    m["parent_header"].get("msg_id") == msg_id
+                    and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle"
+                )
+        return time.perf_counter() - t
+
+
+def mcp_once(client: Client) -> Callable[[], Awaitable[float]]:
+    async def once() -> float:
+        t = time.perf_counter()
+        r = await client.call_tool("ex", {"code": "1+1"})
+        took = time.perf_counter() - t
+        assert r.content[0].text.strip() == "2", r
+        return took
+
+    return once
+
+
+async def interleaved(paths: dict[str, Callable[[], Awaitable[float]]], n: int) -> dict:
+    """Rounds of 10 calls per path, in turn, so a drifting machine moves every path alike."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for once in paths.values():  # warm-up
+        for _ in range(10):
+            await once()
+    for _ in range(max(n // 10, 1)):
+        for name, once in paths.items():
+            for _ in range(10):
+                samples[name].append(await once())
+    return samples
+
+
+def print_table(title: str, results: dict[str, list[float]]) -> None:
+    """p50/p99 per path and the p50 ratio to the first path (the floor)."""
+    floor = statistics.median(next(iter(results.values())))
+    width = max(len(name) for name in results) + 2
+    print(title)
+    print(f"{'path':{width}} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
+    for name, samples in results.items():
+        print(
+            f"{name:{width}} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
+            f"{statistics.median(samples) / floor:9.2f}x"
+        )

@@ -10,22 +10,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 
-from _common import http_client, http_server, memory_mb, pct  # isolates Jupyter dirs first
-from bench_ex import mcp_loop, raw_floor
+from _common import (  # isolates Jupyter dirs first
+    RawClient,
+    http_client,
+    http_server,
+    interleaved,
+    mcp_once,
+    memory_mb,
+    print_table,
+)
 from jupyter_client.manager import KernelManager
 from mcp import Client, StdioServerParameters
 
 
-async def stdio(n: int, *extra: str) -> list[float]:
+def stdio(*extra: str) -> Client:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "kaimon_kernel", "serve", *extra], env=dict(os.environ)
     )
-    async with Client(params, read_timeout_seconds=60) as client:
-        return await mcp_loop(client, n)
+    return Client(params, read_timeout_seconds=60)
 
 
 async def main(n: int) -> None:
@@ -36,9 +41,17 @@ async def main(n: int) -> None:
     kc.wait_for_ready(timeout=30)
     kc.execute_interactive("%load_ext kaimon_kernel\n%kaimon serve --label bench", timeout=30)
 
-    results = {"raw jupyter_client": await raw_floor(km.connection_file, n)}
-    results["ex, promotion off"] = await stdio(n, "--promote-after", "0")
-    results["ex, promote after 30 s"] = await stdio(n)
+    async with (
+        RawClient(km.connection_file) as raw,
+        stdio("--promote-after", "0") as never,
+        stdio() as after_30,
+    ):
+        paths = {
+            "raw jupyter_client": raw.once,
+            "ex, promotion off": mcp_once(never),
+            "ex, promote after 30 s": mcp_once(after_30),
+        }
+        results = await interleaved(paths, n)
 
     try:
         with http_server("--promote-after", "0.001") as (server, url):
@@ -71,14 +84,7 @@ async def main(n: int) -> None:
     finally:
         km.shutdown_kernel(now=True)
 
-    floor = statistics.median(results["raw jupyter_client"])
-    print(f"short ex('1+1'), n={n}, same kernel, same run (stdio)")
-    print(f"{'path':24} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
-    for name, samples in results.items():
-        print(
-            f"{name:24} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
-            f"{statistics.median(samples) / floor:9.2f}x"
-        )
+    print_table(f"short ex('1+1'), n={n} per path, same kernel, interleaved (stdio)", results)
     print(
         f"1,000 ex calls ({promoted} promoted to jobs, the rest done within 1 ms) in "
         f"{thousand:.1f} s; jobs counted {stats['stats']['counts']}; "

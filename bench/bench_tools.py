@@ -9,12 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
-from _common import http_client, http_server, pct  # isolates Jupyter dirs first
+from _common import (  # isolates Jupyter dirs first
+    http_client,
+    http_server,
+    interleaved,
+    pct,
+    print_table,
+)
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import KernelManager
 from mcp import Client, StdioServerParameters
@@ -24,7 +30,7 @@ from kaimon_kernel._protocol import COMM_TARGET, CallTool, Hello
 SERVE = (
     "import kaimon_kernel\n"
     "def noop() -> str:\n    return 'ok'\n"
-    "kaimon_kernel.serve(namespace={ns!r}, tools=[kaimon_kernel.GateTool('noop', noop)]"
+    "_ = kaimon_kernel.serve(namespace={ns!r}, tools=[kaimon_kernel.GateTool('noop', noop)]"
     " + [kaimon_kernel.GateTool(f't{{i}}', noop) for i in range({extra})])"
 )
 
@@ -40,64 +46,83 @@ def start_kernel(ns: str, extra: int) -> KernelManager:
     return km
 
 
-async def raw_comm(cf: str, n: int) -> list[float]:
+class RawComm:
     """The floor: our own comm to the gate, one CallTool → ToolResult round trip at a time."""
-    kc = AsyncKernelClient(connection_file=cf)
-    kc.load_connection_file()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=30)
-    comm_id = uuid.uuid4().hex
-    hello = Hello(server_pid=os.getpid()).model_dump()
-    kc.shell_channel.send(
-        kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": COMM_TARGET, "data": hello})
-    )
 
-    async def next_gate_message(kind: str) -> None:
+    def __init__(self, connection_file: str) -> None:
+        self.kc = AsyncKernelClient(connection_file=connection_file)
+        self.kc.load_connection_file()
+        self.comm_id = uuid.uuid4().hex
+
+    async def __aenter__(self) -> RawComm:
+        self.kc.start_channels()
+        await self.kc.wait_for_ready(timeout=30)
+        hello = Hello(server_pid=os.getpid()).model_dump()
+        content = {"comm_id": self.comm_id, "target_name": COMM_TARGET, "data": hello}
+        self.kc.shell_channel.send(self.kc.session.msg("comm_open", content))
+        await self._next_gate_message("welcome")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.kc.stop_channels()
+
+    async def _next_gate_message(self, kind: str) -> None:
         while True:
-            m = await kc.get_iopub_msg(timeout=10)
+            m = await self.kc.get_iopub_msg(timeout=10)
             if m["msg_type"] == "comm_msg" and m["content"]["data"].get("type") == kind:
                 return
 
-    await next_gate_message("welcome")
-    out = []
-    for _ in range(n + 10):
+    async def once(self) -> float:
+        while await self.kc.iopub_channel.msg_ready():  # other paths' traffic: untimed
+            await self.kc.get_iopub_msg(timeout=1)
         call = CallTool(call_id=uuid.uuid4().hex, name="noop").model_dump()
         t = time.perf_counter()
-        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": call}))
-        await next_gate_message("tool_result")
-        out.append(time.perf_counter() - t)
-    kc.stop_channels()
-    return out[10:]
+        self.kc.shell_channel.send(
+            self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": call})
+        )
+        await self._next_gate_message("tool_result")
+        return time.perf_counter() - t
 
 
-async def mcp_calls(client: Client, n: int) -> list[float]:
-    for _ in range(100):
-        if "bench_noop" in [t.name for t in (await client.list_tools()).tools]:
-            break
-        await asyncio.sleep(0.05)
-    out = []
-    for _ in range(n + 10):
+def tool_once(client: Client) -> Callable[[], Awaitable[float]]:
+    async def once() -> float:
         t = time.perf_counter()
         r = await client.call_tool("bench_noop", {})
-        out.append(time.perf_counter() - t)
+        took = time.perf_counter() - t
         assert r.content[0].text == "ok", r
-    return out[10:]
+        return took
+
+    return once
+
+
+async def wait_for_noop(client: Client) -> None:
+    for _ in range(100):
+        if "bench_noop" in [t.name for t in (await client.list_tools()).tools]:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def main(n: int) -> None:
     km = start_kernel("bench", 0)
-    results = {"raw comm round trip": await raw_comm(km.connection_file, n)}
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "kaimon_kernel", "serve"], env=dict(os.environ)
     )
-    async with Client(params, read_timeout_seconds=60, cache=None) as client:
-        results["gate tool via stdio"] = await mcp_calls(client, n)
-
     extra = []
     try:
         with http_server() as (_server, url):
-            async with http_client(url, cache=None) as client:
-                results["gate tool via HTTP"] = await mcp_calls(client, n)
+            async with (
+                RawComm(km.connection_file) as raw,
+                Client(params, read_timeout_seconds=60, cache=None) as stdio,
+                http_client(url, cache=None) as client,
+            ):
+                await wait_for_noop(stdio)
+                await wait_for_noop(client)
+                paths = {
+                    "raw comm round trip": raw.once,
+                    "gate tool via stdio": tool_once(stdio),
+                    "gate tool via HTTP": tool_once(client),
+                }
+                results = await interleaved(paths, n)
                 # 10 more sessions x 21 tools: 211 gate tools in all
                 extra = [start_kernel(f"ns{i}", 20) for i in range(10)]
                 for _ in range(400):
@@ -115,14 +140,7 @@ async def main(n: int) -> None:
         for k in [km, *extra]:
             k.shutdown_kernel(now=True)
 
-    floor = statistics.median(results["raw comm round trip"])
-    print(f"no-op gate tool call, n={n}, same kernel, same run")
-    print(f"{'path':22} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
-    for name, samples in results.items():
-        print(
-            f"{name:22} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
-            f"{statistics.median(samples) / floor:9.2f}x"
-        )
+    print_table(f"no-op gate tool call, n={n} per path, same kernel, interleaved", results)
     print(
         f"tools/list over HTTP, {count} tools ({gate_count} gate tools, 11 sessions): "
         f"p50 {pct(list_times, 0.5):.2f} ms, p99 {pct(list_times, 0.99):.2f} ms"

@@ -140,7 +140,7 @@ def print_table(title: str, results: dict[str, list[float]]) -> None:
     """p50/p99 per path and the p50 ratio to the first path (the floor)."""
     floor = statistics.median(next(iter(results.values())))
     width = max(len(name) for name in results) + 2
-    print(title)
+    print(f"{title}; {len(next(iter(results.values())))} calls per path")
     print(f"{'path':{width}} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
     for name, samples in results.items():
         print(

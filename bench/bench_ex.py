@@ -66,7 +66,7 @@ async def main(n: int) -> None:
     finally:
         km.shutdown_kernel(now=True)
 
-    print_table(f"ex('1+1'), n={n} per path, same kernel, interleaved rounds of 10", results)
+    print_table("ex('1+1'), same kernel, interleaved rounds of 10", results)
     print(
         f"10 MB print (one write) over HTTP: {big * 1000:.0f} ms to the agent's answer "
         f"({chars} chars returned); server peak RSS {before:.0f} MB -> {after:.0f} MB"

@@ -84,7 +84,7 @@ async def main(n: int) -> None:
     finally:
         km.shutdown_kernel(now=True)
 
-    print_table(f"short ex('1+1'), n={n} per path, same kernel, interleaved (stdio)", results)
+    print_table("short ex('1+1'), same kernel, interleaved (stdio)", results)
     print(
         f"1,000 ex calls ({promoted} promoted to jobs, the rest done within 1 ms) in "
         f"{thousand:.1f} s; jobs counted {stats['stats']['counts']}; "

@@ -140,7 +140,7 @@ async def main(n: int) -> None:
         for k in [km, *extra]:
             k.shutdown_kernel(now=True)
 
-    print_table(f"no-op gate tool call, n={n} per path, same kernel, interleaved", results)
+    print_table("no-op gate tool call, same kernel, interleaved", results)
     print(
         f"tools/list over HTTP, {count} tools ({gate_count} gate tools, 11 sessions): "
         f"p50 {pct(list_times, 0.5):.2f} ms, p99 {pct(list_times, 0.99):.2f} ms"

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 CHROMIUM = os.environ.get("KAIMON_TEST_CHROMIUM") or shutil.which("chromium") or ""
 if not CHROMIUM:
     pytest.skip(
-        "Chromium is not installed (apt-get install chromium chromium-driver)",
+        "Chromium is not installed (apt-get install chromium)",
         allow_module_level=True,
     )
 

@@ -42,6 +42,8 @@ def test_what_a_carriage_return_went_back_over_is_not_shown() -> None:
     cap.add_text("\ndone\r\nnext line\n")
     assert cap.text() == "100%|##########|\ndone\r\nnext line\n"
     assert as_shown("a\rb\rc\nx\r\ny") == "c\nx\r\ny"
+    # print(..., end="\r") leaves its last state showing
+    assert as_shown("Downloading 50%\rDownloading 100%\r") == "Downloading 100%\r"
     assert as_shown("x" * 1_000_000) == "x" * 1_000_000  # no \r: returned as it is
     assert as_shown("a\r" + "x" * 200_000) == "x" * 200_000  # a long line is not quadratic
 

@@ -301,13 +301,15 @@ class Gate:
                 result = run_call(
                     self.tools.get(request.name), request.name, request.arguments, call
                 )
+                self.view.tool_finished(
+                    request.name,
+                    request.arguments,
+                    "error" if result.is_error else "ok",
+                    time.monotonic() - started,
+                )
                 send(comm, result)
             finally:
                 self._calls.pop(request.call_id, None)
-            status = "error" if result.is_error else "ok"
-            self.view.tool_finished(
-                request.name, request.arguments, status, time.monotonic() - started
-            )
 
         # A worker thread: a long tool never holds up the comm (cancel must get through).
         threading.Thread(target=work, name=f"kaimon-tool-{request.name}", daemon=True).start()

@@ -91,7 +91,9 @@ class KaimonMagics(Magics):
         elif args.command == "restart":
             _restart_self(gate)
         elif args.command == "mirror":
-            if gate.info is not None and not gate.info.allow_mirror:
+            if gate.info is None:
+                print("kaimon: not serving; `%kaimon serve` shares this kernel and shows the view")
+            elif not gate.info.allow_mirror:
                 print("kaimon: this session was served with --no-mirror")
             else:
                 gate.view.enabled = args.state == "on"

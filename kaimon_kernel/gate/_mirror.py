@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import reprlib
 import threading
 import time
 import uuid
@@ -27,6 +28,9 @@ TICK = 1.0
 #: agent's execution nothing: updates go out from the view's own thread.
 COALESCE = 0.05
 TAIL_CHARS = 1500
+
+_short = reprlib.Repr()  # a tool's arguments in the view: short, however large they are
+_short.maxstring = _short.maxother = 40
 
 
 class LiveView:
@@ -61,7 +65,7 @@ class LiveView:
         with self._lock:
             self._running = {"code": code, "since": time.time()}
             self._tail = ""
-        self._changed.set()
+        self._mark_changed()
 
     def agent_output(self, text: str) -> None:
         with self._lock:
@@ -75,14 +79,19 @@ class LiveView:
             first = (self._running["code"].strip().splitlines() or [""])[0]
             self._remember(status, time.time() - self._running["since"], first)
             self._running = None
-        self._changed.set()
+        self._mark_changed()
 
     def tool_finished(self, name: str, arguments: dict[str, Any], status: str, took: float) -> None:
         """A gate tool call the agent made: it runs beside the cells, so only its outcome shows."""
-        args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        args = ", ".join(f"{k}={_short.repr(v)}" for k, v in arguments.items())
         with self._lock:
             self._remember(status, took, f"tool {name}({args})")
-        self._changed.set()
+        self._mark_changed()
+
+    def _mark_changed(self) -> None:
+        # What happens while the view is off is remembered (recent) but never published.
+        if self.shown and self.enabled:
+            self._changed.set()
 
     def _remember(self, status: str, took: float, what: str) -> None:
         self._recent.appendleft(

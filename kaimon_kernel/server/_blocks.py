@@ -90,7 +90,9 @@ class BlockWriter:
     def close(self) -> None:
         if self._file is not None:
             if self.cut:
-                self._file.write(f"\n… [{self.cut:,} more characters were not kept] …\n")
+                note = f"\n… [{self.cut:,} more characters were not kept] …\n"
+                self._file.write(note)
+                self.chars += len(note)  # chars is the file's length in characters
             self._file.close()
             self._file = None
 
@@ -157,11 +159,16 @@ class BlockStore:
         path = self.path(block_id)
         if not path.exists():
             return "", 0
-        # Streamed in chunks: a page of a 50 M-character block never holds the whole text.
+        block = self.get(block_id)
+        known = block.chars if block is not None and block.status != "running" else None
+        # Streamed in chunks: a page of a 50 M-character block never holds the whole text,
+        # and a finished block's length comes from its row, not from reading to the end.
         with path.open(encoding="utf-8", errors="replace", newline="") as f:
-            total = _skip(f, offset)
-            page = f.read(limit) if total == offset else ""
-            return page, total + len(page) + _skip(f, None)
+            skipped = _skip(f, offset)
+            page = f.read(limit) if skipped == offset else ""
+            if known is not None:
+                return page, known
+            return page, skipped + len(page) + _skip(f, None)
 
     def _evict(self) -> None:
         rows = self.db.execute("SELECT id, chars FROM blocks ORDER BY started_at DESC").fetchall()

@@ -240,6 +240,7 @@ class KernelSession:
         self._comm_id = uuid.uuid4().hex
         self._ready = asyncio.Event()
         self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
+        self.discovered_at = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}

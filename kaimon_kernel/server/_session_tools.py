@@ -55,7 +55,7 @@ class AllowProject(BaseModel):
 
 
 def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
-    def ask_the_person(
+    async def ask_the_person(
         project_path: str | None, ctx: Context
     ) -> Elicit[AllowProject] | AllowProject | None:
         """Ask through the client (MCP elicitation) when the directory is not allowed yet.
@@ -67,8 +67,9 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         project = _project(kaimon, project_path)
         if not project.is_dir() or _is_within(project, _allowed(kaimon)):
             return None
-        capabilities = ctx.client_capabilities
-        if capabilities is None or capabilities.elicitation is None:
+        asks = ctx.client_capabilities.elicitation if ctx.client_capabilities else None
+        # as the SDK counts it: a bare `elicitation: {}` is form support, url-only is not
+        if asks is None or (asks.form is None and asks.url is not None):
             return None
         return Elicit(
             f"An agent asks to start a Python kernel in {project}, which is not one of "
@@ -88,8 +89,8 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         the project's .venv when it has one with ipykernel and kaimon-kernel). Where the
         client can ask the person, a directory not allowed yet is put to them."""
         roots = _allowed(kaimon)
+        listing = "\n".join(f"  {r}" for r in roots)
         if project_path is None:
-            listing = "\n".join(f"  {r}" for r in roots)
             return text_result(
                 f"Projects where you may start a session:\n{listing}",
                 structured={"projects": [str(r) for r in roots]},
@@ -103,12 +104,13 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 if answer.allow == "always":
                     add_project(str(project))
             else:
-                asked = not isinstance(permission, AcceptedElicitation)
+                answered = {"decline": "The person declined", "cancel": "The person dismissed"}
+                said = answered.get(permission.action)
                 return text_result(
-                    (f"The person declined to allow {project}. " if asked else "")
+                    (f"{said} the request to allow {project}. " if said else "")
                     + f"{project} is not an allowed project. The person can allow it with "
-                    f"`kaimon projects add {project}` (then call start_session again). Allowed:\n"
-                    + "\n".join(f"  {r}" for r in roots),
+                    f"`kaimon projects add {project}` (then call start_session again). "
+                    f"Allowed:\n{listing}",
                     error=True,
                 )
         python, why = project_python(project)

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
-CONNECT_GRACE = 5.0  # how long a call to an unknown tool waits for connecting sessions
+# How long after a session is found a call to an unknown tool waits for it to connect; a
+# session that never answers costs a wrong name nothing once this has passed.
+CONNECT_GRACE = 5.0
 
 
 def _result_content(execution: Execution, header: str = "") -> list[ContentBlock]:
@@ -144,10 +146,13 @@ class KaimonMCP(MCPServer):
         """An unknown name may be a tool of a session that is still connecting (a server
         just started, a kernel just served): look again once every session has answered."""
         await self.kaimon.registry.scan()
-        sessions = [
-            s for s in self.kaimon.registry.sessions.values() if s.state in ("connecting", "ready")
+        now = time.monotonic()
+        waits = [
+            s.wait_welcomed(s.discovered_at + CONNECT_GRACE - now)
+            for s in self.kaimon.registry.sessions.values()
+            if s.state in ("connecting", "ready") and s.discovered_at + CONNECT_GRACE > now
         ]
-        await asyncio.gather(*(s.wait_welcomed(CONNECT_GRACE) for s in sessions))
+        await asyncio.gather(*waits)
         return self.kaimon.gate_tools().get(name)
 
     async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:

@@ -28,6 +28,7 @@ __all__ = [
     "GateMessage",
     "Hello",
     "ImageBlock",
+    "JobPromoted",
     "ServerMessage",
     "SessionInfo",
     "SetInfo",
@@ -221,11 +222,21 @@ class SetOption(_Model):
     mirror: bool
 
 
+class JobPromoted(_Model):
+    """Server → gate: an agent evaluation became a background job (the live view says so).
+
+    Sent when it is promoted, which may be before the kernel has started it (queued)."""
+
+    type: Literal["job_promoted"] = "job_promoted"
+    msg_id: str
+    eval_id: str
+
+
 #: Session-level marker in an execute_request's metadata: this code is the agent's.
 EVAL_METADATA_KEY = "kaimon"
 
 ServerMessage = Annotated[
-    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption,
+    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption | JobPromoted,
     Field(discriminator="type"),
 ]
 GateMessage = Annotated[
@@ -239,7 +250,7 @@ _gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 def parse_server_message(
     data: object,
-) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption:
+) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption | JobPromoted:
     return _server_adapter.validate_python(data)
 
 

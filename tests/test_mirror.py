@@ -6,6 +6,7 @@ import re
 from queue import Empty
 from typing import Any
 
+import anyio
 import pytest
 from conftest import stdio_client, text_of
 
@@ -98,3 +99,29 @@ async def test_the_agents_tool_calls_show_in_the_view(make_person) -> None:
     assert re.search(
         r"\d\d:\d\d:\d\d  ok +\d+\.\d s  tool price\(item='pear', qty=2\)", updates[-1]
     )
+
+
+async def test_background_jobs_running_and_queued_show_in_the_view(make_person) -> None:
+    person = make_person(serve=False)
+    display_id = serve_with_view(person)
+    drain_updates(person, display_id)
+    async with stdio_client("--promote-after", "0.5") as client:
+        first = await client.call_tool("ex", {"code": "import time\ntime.sleep(3)"})
+        second = await client.call_tool("ex", {"code": "time.sleep(0.2)\n'second'"})
+        ids = [r.structured_content["eval_id"] for r in (first, second)]
+        status = "running"
+        with anyio.fail_after(30):
+            while status == "running":
+                await anyio.sleep(0.2)
+                check = await client.call_tool("check_eval", {"eval_id": ids[1]})
+                status = check.structured_content["status"]
+    assert status == "completed", text_of(check)
+    updates = drain_updates(person, display_id)
+    assert any(
+        f"the agent is running background job {ids[0]}" in u
+        and f"queued: 1 background job ({ids[1]})" in u
+        for u in updates
+    ), updates
+    recent = updates[-1].split("recent:", 1)[1]
+    assert f"job {ids[1]}: time.sleep(0.2)" in recent and f"job {ids[0]}: import time" in recent
+    assert "queued" not in updates[-1] and "the agent is running" not in updates[-1]

@@ -83,7 +83,7 @@ class EvalTracker:
             self.recent.popitem(last=False)
         self.current = ev
         if self.view is not None:
-            self.view.agent_started(getattr(info, "raw_cell", "") or "")
+            self.view.agent_started(getattr(info, "raw_cell", "") or "", ev.msg_id)
 
     def _post_run_cell(self, result: Any) -> None:
         ev = self.current

@@ -31,6 +31,7 @@ from .._protocol import (
     EvalQuery,
     EvalRecords,
     Hello,
+    JobPromoted,
     Refused,
     SessionInfo,
     SetInfo,
@@ -273,6 +274,11 @@ class Gate:
                 call.cancelled.set()
         elif isinstance(message, CancelEval):
             self.evals.cancel(message.msg_id)
+            self.view.job_cancelled(message.msg_id)
+        elif isinstance(message, JobPromoted):
+            ev = self.evals.recent.get(message.msg_id)
+            if ev is None or ev.status == "running":  # not one that ended as it was promoted
+                self.view.job_promoted(message.msg_id, message.eval_id)
         elif isinstance(message, SetOption) and self.info is not None:
             if self.info.allow_mirror:
                 self.view.enabled = message.mirror

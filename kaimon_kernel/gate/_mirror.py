@@ -43,6 +43,8 @@ class LiveView:
         self._running: dict[str, Any] | None = None
         self._tail = ""
         self._recent: deque[str] = deque(maxlen=5)
+        # promoted evaluations (msg_id → eval_id) until they finish: running or queued
+        self._jobs: dict[str, str] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._publisher: threading.Thread | None = None
@@ -61,10 +63,25 @@ class LiveView:
             )
             self._publisher.start()
 
-    def agent_started(self, code: str) -> None:
+    def agent_started(self, code: str, msg_id: str = "") -> None:
         with self._lock:
-            self._running = {"code": code, "since": time.time()}
+            self._running = {"code": code, "since": time.time(), "msg_id": msg_id}
             self._tail = ""
+        self._mark_changed()
+
+    def job_promoted(self, msg_id: str, eval_id: str) -> None:
+        with self._lock:
+            self._jobs[msg_id] = eval_id
+            while len(self._jobs) > 100:  # bound what a lost kernel reply could leave behind
+                self._jobs.pop(next(iter(self._jobs)))
+        self._mark_changed()
+
+    def job_cancelled(self, msg_id: str) -> None:
+        """A cancelled job that never started never finishes here: stop listing it."""
+        with self._lock:
+            running = self._running is not None and self._running["msg_id"] == msg_id
+            if not running and self._jobs.pop(msg_id, None) is not None:
+                self._recent.appendleft(f"{time.strftime('%H:%M:%S')}  cancelled before it ran")
         self._mark_changed()
 
     def agent_output(self, text: str) -> None:
@@ -77,7 +94,9 @@ class LiveView:
             if self._running is None:
                 return
             first = (self._running["code"].strip().splitlines() or [""])[0]
-            self._remember(status, time.time() - self._running["since"], first)
+            eval_id = self._jobs.pop(self._running["msg_id"], None)
+            what = f"job {eval_id}: {first}" if eval_id else first
+            self._remember(status, time.time() - self._running["since"], what)
             self._running = None
         self._mark_changed()
 
@@ -115,9 +134,12 @@ class LiveView:
                 "kaimon: this kernel is shared with agents"
                 + ("" if self.enabled else " (live view paused: %kaimon mirror on)")
             ]
+            running_job = None
             if self._running is not None:
                 secs = time.time() - self._running["since"]
-                lines.append(f"▶ the agent is running ({secs:.0f} s):")
+                running_job = self._jobs.get(self._running["msg_id"])
+                job = f" background job {running_job}" if running_job else ""
+                lines.append(f"▶ the agent is running{job} ({secs:.0f} s):")
                 lines.extend("    " + line for line in self._running["code"].splitlines()[:12])
                 if self._tail:
                     lines.append("  output so far:")
@@ -125,6 +147,12 @@ class LiveView:
                     lines.extend("    " + line for line in tail)
             else:
                 lines.append("  idle: the agent runs nothing right now")
+            queued = [e for e in self._jobs.values() if e != running_job]
+            if queued:
+                lines.append(
+                    f"  queued: {len(queued)} background job{'s' if len(queued) > 1 else ''}"
+                    f" ({', '.join(queued[:5])}{', …' if len(queued) > 5 else ''})"
+                )
             if self._recent:
                 lines.append("  recent:")
                 lines.extend("    " + r for r in self._recent)

@@ -178,6 +178,7 @@ class Kaimon:
             )
         )
         self._adopt(tracked)
+        session.job_promoted(execution, eval_id)
         return tracked
 
     def _adopt(self, tracked: TrackedEval) -> None:

@@ -34,6 +34,7 @@ from .._protocol import (
     EvalRecords,
     EvalUpdate,
     Hello,
+    JobPromoted,
     Refused,
     SessionInfo,
     SetInfo,
@@ -560,6 +561,11 @@ class KernelSession:
     def set_mirror(self, on: bool) -> None:
         self.usable()
         self._send_to_gate(SetOption(mirror=on))
+
+    def job_promoted(self, execution: Execution, eval_id: str) -> None:
+        """Tell the gate (its live view) that ``execution`` is now a background job."""
+        if self.state == "ready":
+            self._send_to_gate(JobPromoted(msg_id=execution.msg_id, eval_id=eval_id))
 
     def set_info(self, label: str | None, description: str | None) -> None:
         """Ask the gate to relabel the session; the session file it rewrites carries it."""

@@ -98,6 +98,23 @@ async def test_code_ignoring_the_flag_is_interrupted_and_ends_cancelled(person, 
     assert text_of(after).strip() == "'usable'"
 
 
+async def test_cancelling_a_queued_job_never_runs_it_and_spares_the_running_one(person) -> None:
+    async with stdio_client("--promote-after", "0.3", "--cancel-grace", "0.5") as client:
+        running = await client.call_tool("ex", {"code": "import time\ntime.sleep(2.5)\n'first'"})
+        queued = await client.call_tool("ex", {"code": "ran_queued = True"})
+        first_id, queued_id = (r.structured_content["eval_id"] for r in (running, queued))
+        cancel = await client.call_tool("cancel_eval", {"eval_id": queued_id})
+        check_queued = await client.call_tool("check_eval", {"eval_id": queued_id})
+        check_first = await wait_status(client, first_id)
+        ran = await client.call_tool("ex", {"code": "'ran_queued' in globals()"})
+    assert "had not started" in text_of(cancel)
+    assert check_queued.structured_content["status"] == "cancelled"
+    # the job that was running when the queued one was cancelled was not interrupted
+    assert check_first.structured_content["status"] == "completed", text_of(check_first)
+    assert "'first'" in text_of(check_first)
+    assert text_of(ran).strip() == "False"
+
+
 async def test_a_job_whose_kernel_is_killed_becomes_lost_with_a_reason(person) -> None:
     async with stdio_client("--promote-after", "0.3") as client:
         result = await client.call_tool("ex", {"code": "import time\ntime.sleep(60)"})

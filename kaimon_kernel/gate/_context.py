@@ -68,14 +68,28 @@ class EvalTracker:
         self.current: _Eval | None = None
         self.view: Any = None  # the LiveView, told what the agent runs
         self.recent: collections.OrderedDict[str, _Eval] = collections.OrderedDict()
+        # agent evaluations cancelled while still queued: they must not run when their turn
+        # comes (interrupting would stop whatever runs now instead: another job, a cell)
+        self.cancelled_early: set[str] = set()
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
+        shell.input_transformers_post.append(self._skip_if_cancelled)
         self._install_hooks()
+
+    def _skip_if_cancelled(self, lines: list[str]) -> list[str]:
+        kernel = getattr(self.shell, "kernel", None)
+        msg_id = (kernel.get_parent() if kernel is not None else {}).get("header", {}).get("msg_id")
+        if msg_id in self.cancelled_early:
+            return ["# kaimon: the agent cancelled this before it ran\n"]
+        return lines
 
     def _pre_run_cell(self, info: Any) -> None:
         kernel = getattr(self.shell, "kernel", None)
         parent = kernel.get_parent() if kernel is not None else {}
         if EVAL_METADATA_KEY not in (parent.get("metadata") or {}):
+            return
+        if parent["header"]["msg_id"] in self.cancelled_early:  # skipped (transformed away)
+            self.cancelled_early.discard(parent["header"]["msg_id"])
             return
         ev = _Eval(parent["header"]["msg_id"])
         self.recent[ev.msg_id] = ev
@@ -131,6 +145,8 @@ class EvalTracker:
         ev = self.recent.get(msg_id)
         if ev is not None:
             ev.cancelled.set()
+        else:  # not started yet: skip it when it comes up
+            self.cancelled_early.add(msg_id)
 
     def query(self, msg_ids: list[str]) -> list[EvalRecord]:
         return [self.recent[m].record() for m in msg_ids if m in self.recent]

@@ -80,8 +80,9 @@ class LiveView:
         """A cancelled job that never started never finishes here: stop listing it."""
         with self._lock:
             running = self._running is not None and self._running["msg_id"] == msg_id
-            if not running and self._jobs.pop(msg_id, None) is not None:
-                self._recent.appendleft(f"{time.strftime('%H:%M:%S')}  cancelled before it ran")
+            eval_id = None if running else self._jobs.pop(msg_id, None)
+            if eval_id is not None:
+                self._remember("cancelled", 0.0, f"job {eval_id}, before it ran")
         self._mark_changed()
 
     def agent_output(self, text: str) -> None:

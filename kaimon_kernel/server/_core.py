@@ -278,6 +278,11 @@ class Kaimon:
     async def _cancel(self, tracked: TrackedEval) -> str:
         execution, session = tracked.execution, tracked.session
         session.cancel_eval(execution)
+        if execution.started_at is None and session.state == "ready":
+            # Still queued: the gate skips it when its turn comes. An interrupt now would
+            # stop whatever runs instead (another job, the person's cell).
+            execution.fail("cancelled", "cancelled by the agent before it started")
+            return "it had not started; it will not run"
         if await _wait(execution, self.options.cancel_grace):
             return "it stopped cooperatively"
         how = await session.interrupt()

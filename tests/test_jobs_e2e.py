@@ -23,13 +23,15 @@ TOKEN = "jobs-token-0123456789abcdef"
 
 
 async def wait_status(client: Any, eval_id: str, timeout: float = 30) -> Any:
-    with anyio.fail_after(timeout):
+    check = None
+    with anyio.move_on_after(timeout):
         while True:
             check = await client.call_tool("check_eval", {"eval_id": eval_id})
             assert check.structured_content, text_of(check)
             if check.structured_content["status"] != "running":
                 return check
             await asyncio.sleep(0.1)
+    raise AssertionError(f"job {eval_id} still running after {timeout} s:\n{text_of(check)}")
 
 
 async def test_a_promoted_job_keeps_collecting_with_stash_and_progress(person) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import zmq
 from jupyter_client.asynchronous import AsyncKernelClient
 
 from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
@@ -52,6 +53,9 @@ from .._protocol import (
 __all__ = ["Activity", "Execution", "KernelSession", "PendingCall", "pid_alive"]
 
 logger = logging.getLogger(__name__)
+
+READ_POLL_MS = 250  # at worst, how late a message whose wake-up pyzmq missed is read
+READ_BATCH = 200  # messages handled before the loop yields
 
 ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted", "cancelled"]
 
@@ -389,19 +393,32 @@ class KernelSession:
     # -- readers ---------------------------------------------------------------------------
 
     async def _read(self, channel: Any, handle: Any) -> None:
+        """Wait until the socket is readable, then take every message it holds.
+
+        The wait has a deadline: pyzmq's asyncio wake-ups are edge-triggered, and with
+        sends interleaved on the same socket one can be missed, which left kernel replies
+        unread for good (50 concurrent jobs lost some every run). Draining without waiting
+        per message is also what keeps a flood of output cheap."""
         session = channel.session
+        socket = zmq.Socket.shadow(channel.socket.underlying)
         while True:
-            frames = await channel.socket.recv_multipart()
-            try:
-                _, frames = session.feed_identities(frames)
-                msg = session.deserialize(frames)
-            except Exception:
-                logger.warning("dropping an unreadable message from session %s", self.key)
-                continue
-            try:
-                handle(msg)
-            except Exception:
-                logger.exception("handling a %s message failed", msg["header"].get("msg_type"))
+            await channel.socket.poll(READ_POLL_MS)
+            for _ in range(READ_BATCH):
+                try:
+                    frames = socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    _, frames = session.feed_identities(frames)
+                    msg = session.deserialize(frames)
+                except Exception:
+                    logger.warning("dropping an unreadable message from session %s", self.key)
+                    continue
+                try:
+                    handle(msg)
+                except Exception:
+                    logger.exception("handling a %s message failed", msg["header"].get("msg_type"))
+            await asyncio.sleep(0)  # a flood of messages must not starve the MCP side
 
     async def _read_iopub(self) -> None:
         await self._read(self.client.iopub_channel, self._on_iopub)

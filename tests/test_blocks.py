@@ -52,7 +52,9 @@ def test_a_page_is_the_slice_of_the_whole_output(
     kept = text.encode("utf-8", "replace").decode("utf-8")
     if bound is not None and len(kept) > bound:
         kept = kept[:bound] + f"\n… [{len(kept) - bound:,} more characters were not kept] …\n"
-    page, total = store.read(block_id, offset, limit)
+    block = store.get(block_id)
+    assert block is not None
+    page, total = store.read(block, offset, limit)
     assert (page, total) == (kept[offset : offset + limit], len(kept))
 
 

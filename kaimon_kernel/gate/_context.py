@@ -76,16 +76,21 @@ class EvalTracker:
         shell.input_transformers_post.append(self._skip_if_cancelled)
         self._install_hooks()
 
-    def _skip_if_cancelled(self, lines: list[str]) -> list[str]:
+    def _parent(self) -> dict[str, Any]:
         kernel = getattr(self.shell, "kernel", None)
-        msg_id = (kernel.get_parent() if kernel is not None else {}).get("header", {}).get("msg_id")
+        return kernel.get_parent() if kernel is not None else {}
+
+    def _skip_if_cancelled(self, lines: list[str]) -> list[str]:
+        # runs on every cell, the person's too: nothing to do unless a cancel is pending
+        if not self.cancelled_early:
+            return lines
+        msg_id = self._parent().get("header", {}).get("msg_id")
         if msg_id in self.cancelled_early:
             return ["# kaimon: the agent cancelled this before it ran\n"]
         return lines
 
     def _pre_run_cell(self, info: Any) -> None:
-        kernel = getattr(self.shell, "kernel", None)
-        parent = kernel.get_parent() if kernel is not None else {}
+        parent = self._parent()
         if EVAL_METADATA_KEY not in (parent.get("metadata") or {}):
             return
         if parent["header"]["msg_id"] in self.cancelled_early:  # skipped (transformed away)

@@ -32,7 +32,7 @@ def _first_line(code: str) -> str:
 
 
 def blocks_to_notebook(
-    blocks: list[Block], read: Callable[[str, int, int], tuple[str, int]]
+    blocks: list[Block], read: Callable[[Block, int, int], tuple[str, int]]
 ) -> nbformat.NotebookNode:
     """The blocks as a notebook: one code cell each, with its (bounded) output."""
     import nbformat
@@ -45,7 +45,7 @@ def blocks_to_notebook(
     }
     for count, block in enumerate(blocks, start=1):
         cell = nbformat.v4.new_code_cell(block.code, execution_count=count)
-        text, total = read(block.id, 0, EXPORT_OUTPUT_CHARS)
+        text, total = read(block, 0, EXPORT_OUTPUT_CHARS)
         if total > EXPORT_OUTPUT_CHARS:
             text += f"\n… [{total - EXPORT_OUTPUT_CHARS:,} more characters in block {block.id}]"
         if text:
@@ -123,7 +123,7 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 error=True,
             )
         block = found[0]
-        text, total = kaimon.blocks.read(block.id, offset, limit)
+        text, total = kaimon.blocks.read(block, offset, limit)
         end = offset + len(text)
         more = f"; next: read_block(block_id={block.id!r}, offset={end})" if end < total else ""
         span = f"characters {offset:,}-{end:,} of {total:,}"

@@ -154,13 +154,12 @@ class BlockStore:
             ).fetchall()
         return [Block.from_row(r) for r in rows]
 
-    def read(self, block_id: str, offset: int, limit: int) -> tuple[str, int]:
+    def read(self, block: Block, offset: int, limit: int) -> tuple[str, int]:
         """Characters ``offset`` .. ``offset+limit`` of a block's output, and its length."""
-        path = self.path(block_id)
+        path = self.path(block.id)
         if not path.exists():
             return "", 0
-        block = self.get(block_id)
-        known = block.chars if block is not None and block.status != "running" else None
+        known = block.chars if block.status != "running" else None
         # Streamed in chunks: a page of a 50 M-character block never holds the whole text,
         # and a finished block's length comes from its row, not from reading to the end.
         with path.open(encoding="utf-8", errors="replace", newline="") as f:

@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sessions":
         from ._paths import sessions_dir
         from ._protocol import SessionInfo
-        from .server._kernel import pid_alive
+        from .server.providers import pid_alive
 
         found = False
         for path in sorted(sessions_dir().glob("session-*.json")):

@@ -254,7 +254,7 @@ async def test_kernels_of_a_crashed_server_are_cleaned_by_the_next_one(tmp_path:
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    from kaimon_kernel.server._kernel import pid_alive
+    from kaimon_kernel.server.providers import pid_alive
 
     env = {"KAIMON_TOKEN": "orphan-token-0123456789"}
     first = HttpServer(env=env)

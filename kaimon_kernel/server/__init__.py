@@ -1,10 +1,11 @@
 """The ``kaimon serve`` half: discovery, kernel clients, MCP tools and transports."""
 
 from ._core import Kaimon, ServerOptions
-from ._discovery import Registry
-from ._kernel import Execution, KernelSession
+from ._execution import Execution
+from ._kernel import KernelSession
+from ._mcp import build_mcp
 from ._run import serve_forever
-from ._tools import build_mcp
+from ._sessions import Registry
 
 __all__ = [
     "Execution",

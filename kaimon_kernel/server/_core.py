@@ -1,6 +1,8 @@
-"""The server's state: sessions, kernels it started, evaluations still running.
+"""The core of ``kaimon serve``: sessions, executions, jobs, blocks and gate tools, free of MCP.
 
-Transports (stdio, HTTP) and the MCP tool layer sit on top of :class:`Kaimon`.
+Fronts (the MCP tools over stdio and HTTP today, the dashboard next) call :class:`Kaimon` and
+subscribe to its :class:`~._events.EventBus`; they render its results and map its errors
+(:mod:`kaimon_kernel._errors`) in one place each.
 """
 
 from __future__ import annotations
@@ -15,18 +17,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
-from .._errors import KaimonError, SessionNotFound
+from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
+from .._output import OutputCapture
 from .._protocol import ToolSpec
 from ._blocks import BlockStore
-from ._discovery import Registry
+from ._events import (
+    EventBus,
+    ExecutionFinished,
+    ExecutionStarted,
+    JobFinished,
+    JobPromoted,
+    ToolsChanged,
+)
+from ._execution import Execution
 from ._jobs import Job, JobStatus, JobStore
-from ._kernel import Execution, KernelSession
-from ._launcher import Launcher, reap_orphans
+from ._kernel import KernelSession
+from ._sessions import Registry
+from .providers import LaunchRequest, reap_orphans
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
 JOB_SAVE_INTERVAL = 2.0
 INTERRUPT_WAIT = 10.0
+START_TIMEOUT = 60.0
+RESTART_TIMEOUT = 60.0
+PROGRESS_INTERVAL = 0.25
+WAIT_NOTE_INTERVAL = 5.0
 
 
 def _wall(monotonic: float | None) -> float | None:
@@ -77,28 +93,50 @@ class GateToolRef:
     spec: ToolSpec
 
 
+@dataclass
+class Run:
+    """One ``ex``: the execution, its block, and how long it waited for the kernel."""
+
+    session: KernelSession
+    execution: Execution
+    block_id: str
+    note: str = ""
+    #: Set when recording the finished block failed: the code ran, the block is incomplete.
+    store_problem: str = ""
+
+    @property
+    def waited(self) -> float:
+        """How long the code waited for the kernel before it started (0 if not noticeably)."""
+        ex = self.execution
+        if ex.started_at is None:
+            return 0.0
+        waited = ex.started_at - ex.sent_at
+        return waited if waited > 1.0 else 0.0
+
+
 class Kaimon:
-    """One ``kaimon serve`` process: discovery, owned kernels and running evaluations."""
+    """One ``kaimon serve`` process: sessions, owned kernels, executions, jobs and blocks."""
 
     def __init__(self, options: ServerOptions | None = None, registry: Registry | None = None):
         self.options = options or ServerOptions()
         self.registry = registry or Registry()
-        self.launcher = Launcher(self.registry)
+        self.bus: EventBus = self.registry.bus
         self.evals: dict[str, TrackedEval] = {}
         self.jobs = JobStore()
         self.blocks = BlockStore(self.jobs.db)
         self._start_lock = asyncio.Lock()
         self._job_tasks: set[asyncio.Task[None]] = set()
+        #: Namespace suffixes by session key, kept for the server's life (stable over restarts).
+        self._ns_slots: dict[str, dict[str, int]] = {}
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Kaimon]:
         """Discovery runs inside; kernels this server started are shut down on the way out."""
         reap_orphans()  # kernels left behind by a server that crashed
-        await self.registry.scan()
+        await self.registry.first()
         task = asyncio.create_task(self.registry.run(), name="kaimon-discovery")
-        recovery = asyncio.create_task(self.recover_jobs(), name="kaimon-recover-jobs")
-        self._job_tasks.add(recovery)
-        recovery.add_done_callback(self._job_tasks.discard)
+        self._spawn(self.recover_jobs(), "kaimon-recover-jobs")
+        self.bus.subscribe(self._tell_gate_job_promoted, JobPromoted)
         try:
             yield self
         finally:
@@ -107,9 +145,16 @@ class Kaimon:
                 await task
             for job_task in list(self._job_tasks):
                 job_task.cancel()
-            await self.launcher.shutdown_all()
+            await self.registry.local.close()
             await self.registry.close()
             self.jobs.close()
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+
+    # -- sessions ----------------------------------------------------------------------------
 
     async def session_for(self, name: str | None) -> tuple[KernelSession, str]:
         """The session ``name`` resolves to, starting one when none exists and allowed.
@@ -120,19 +165,30 @@ class Kaimon:
             session = self.registry.resolve(name)
         except SessionNotFound:
             if name or not self.options.auto_start:
-                raise
+                raise SessionNotFound(f"{self._not_found_reason(name)}") from None
             async with self._start_lock:
                 if self.registry.sessions:  # another call started one meanwhile
-                    return self.registry.resolve(None), ""
-                session = await self.launcher.start(self.options.cwd)
+                    return await self.resolve(None), ""
+                session = await self.start_session(self.options.cwd)
             connection = Path(session.info.connection_file).name
             return session, (
-                f"[kaimon: no kernel was served, so a new one was started for you: session "
-                f"{session.key} in {session.info.cwd} (started by the agent; the person can "
-                f"attach with `jupyter console --existing {connection}`)]"
+                f"[kaimon: no served kernel was found in {self._where_looked()}, so a new one "
+                f"was started for you: session {session.key} in {session.info.cwd} (started by "
+                f"the agent; the person can attach with `jupyter console --existing "
+                f"{connection}`)]"
             )
         await session.wait_ready(10)
         return session, ""
+
+    def _where_looked(self) -> str:
+        return ", ".join(str(getattr(p, "directory", p.name)) for p in self.registry.providers)
+
+    def _not_found_reason(self, name: str | None) -> str:
+        try:
+            self.registry.resolve(name)
+        except KaimonError as err:
+            return f"{err}\n(kaimon looks for served kernels in {self._where_looked()})"
+        return f"no session is called {name!r}"
 
     async def resolve(self, name: str | None) -> KernelSession:
         """The session ``name`` resolves to, once it has finished connecting."""
@@ -140,31 +196,190 @@ class Kaimon:
         await session.wait_ready(10)
         return session
 
-    def record_block(self, session: KernelSession, execution: Execution) -> str:
-        """Make ``execution`` a block: its full output goes to disk as it comes."""
-        block_id, writer = self.blocks.start(session.key, execution.code)
-        execution.capture.sink = writer.write
+    async def start_session(
+        self,
+        cwd: str,
+        *,
+        name: str | None = None,
+        python: str | None = None,
+        key: str | None = None,
+    ) -> KernelSession:
+        """Start a kernel with the gate served in ``cwd``; returns once its gate answers."""
+        key = key or uuid.uuid4().hex[:8]
+        local = self.registry.local
+        await local.launch(LaunchRequest(cwd=cwd, key=key, python=python, label=name))
+        return await self._wait_served(key)
 
-        def finish() -> None:
+    async def _wait_served(self, key: str) -> KernelSession:
+        local = self.registry.local
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            session = await self.registry.wait_for(key, 0.5)
+            if session is not None and session.state == "ready":
+                return session
+            exited = local.exited(key)
+            if exited:
+                local.owned.pop(key, None)
+                raise KaimonError(f"the kernel did not start: {exited}")
+            if time.monotonic() > deadline:
+                await local.shutdown(key)
+                raise KaimonError(
+                    f"the kernel did not serve the gate within {START_TIMEOUT:.0f} s; "
+                    f"log: {local.log_file(key)}"
+                )
+
+    async def restart(self, session: KernelSession) -> KernelSession:
+        """A fresh kernel under the same session key and label: all state is lost."""
+        if not session.info.allow_restart:
+            raise NotAllowed(
+                f"session {session.key} was served with allow_restart=False: the person chose "
+                "that agents may not restart or shut it down. Ask the person to do it."
+            )
+        key, old_pid = session.key, session.info.pid
+        local = self.registry.local
+        if local.owns(key):
+            await local.restart(key)
+            return await self._wait_served(key)
+        # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
+        await session.control_request("shutdown_request", {"restart": True}, timeout=10)
+        deadline = time.monotonic() + RESTART_TIMEOUT
+        while time.monotonic() < deadline:
+            await self.registry.scan()
+            fresh = self.registry.sessions.get(key)
+            if fresh is not None and fresh is not session and fresh.info.pid != old_pid:
+                await fresh.wait_ready(10)
+                return fresh
+            await asyncio.sleep(0.1)
+        raise KaimonError(
+            f"session {key}'s kernel shut down, but its owner did not start it again within "
+            f"{RESTART_TIMEOUT:g} s (a Jupyter server restarts its kernels; a plain console "
+            "does not). Start a new session with start_session."
+        )
+
+    async def shutdown(self, session: KernelSession) -> str:
+        """Stop a session's kernel; returns what became of it."""
+        if not session.info.allow_restart:
+            raise NotAllowed(
+                f"session {session.key} was served with allow_restart=False: the person chose "
+                "that agents may not restart or shut it down. Ask the person to do it."
+            )
+        local = self.registry.local
+        if local.owns(session.key):
+            await local.shutdown(session.key)
+            await self.registry.scan()
+            return f"shut down session {session.key}; it is gone"
+        await session.control_request("shutdown_request", {"restart": False}, timeout=10)
+        return (
+            f"asked session {session.key}'s kernel to shut down. Its owner (e.g. JupyterLab) may "
+            "start a fresh kernel in its place; if so, that kernel is served again with the "
+            "same key."
+        )
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def execute(
+        self, code: str, *, session: str | None = None, max_output: int = 6000, quiet: bool = False
+    ) -> Run:
+        """Record a block, then run ``code``: the code never runs unrecorded."""
+        target, note = await self.session_for(session)
+        target.usable()
+        try:
+            block_id, writer = self.blocks.start(target.key, code)
+        except (OSError, StoreError) as err:
+            raise StoreError(
+                f"the code was NOT run: kaimon could not record it ({err}). Check that "
+                f"{self.blocks.directory} is writable, then try again."
+            ) from None
+        try:
+            execution = target.execute(code, max_output=max_output, quiet=quiet)
+        except BaseException:
+            writer.close()
+            self.blocks.finish(block_id, status="error", duration=0.0, chars=0)
+            raise
+        execution.capture.sink = writer.write
+        run = Run(target, execution, block_id, note)
+
+        def finished() -> None:
             writer.close()
             cap = execution.capture
-            self.blocks.finish(
-                block_id,
-                status=execution.status,
-                duration=round(execution.elapsed, 3),
-                chars=writer.chars,
-                error=cap.error,
-                images=[{"mime": i.mime, "data": i.data} for i in cap.images],
+            try:
+                self.blocks.finish(
+                    block_id,
+                    status=execution.status,
+                    duration=round(execution.elapsed, 3),
+                    chars=writer.chars,
+                    error=cap.error,
+                    images=[{"mime": i.mime, "data": i.data} for i in cap.images],
+                )
+            except Exception as err:  # the code ran; say so rather than fail the reply
+                run.store_problem = f"the code ran, but its block could not be saved: {err}"
+            self.bus.publish(
+                ExecutionFinished(target.key, execution.msg_id, execution.status, block_id)
             )
 
-        execution.on_done.append(finish)
-        return block_id
+        execution.on_done.append(finished)
+        self.bus.publish(ExecutionStarted(target.key, execution.msg_id, code, block_id))
+        return run
+
+    async def follow(self, run: Run, promote_after: float, max_progress: int) -> AsyncIterator[str]:
+        """Progress messages for ``run`` until it ends or ``promote_after`` seconds pass
+        (<= 0: never). Output is batched per interval and bounded to ``max_progress``
+        characters in all, so a flood of output costs the agent no more than its reply."""
+        execution, session = run.execution, run.session
+        deadline = time.monotonic() + promote_after if promote_after > 0 else None
+        budget = max_progress
+        last_wait_note = 0.0
+        while not execution.done.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            timeout = PROGRESS_INTERVAL
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
+            # Wake on completion only; output is batched per interval, short code sends nothing.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(execution.done.wait(), timeout)
+            if execution.done.is_set():
+                return
+            message = execution.capture.take_new()
+            if execution.new_progress:
+                progress_text = "\n".join(execution.new_progress)
+                execution.new_progress.clear()
+                message = f"{message}\n[progress] {progress_text}" if message else progress_text
+            if message and budget >= 0:
+                if len(message) > budget:
+                    message = message[: max(budget, 0)] + (
+                        "\n[kaimon: more output is not streamed (max_output reached); "
+                        "it is in the reply and the block]"
+                    )
+                    budget = -1
+                else:
+                    budget -= len(message)
+            elif message:
+                message = ""
+            if not message and execution.started_at is None:
+                now = time.monotonic()
+                if now - execution.sent_at > 1.0 and now - last_wait_note >= WAIT_NOTE_INTERVAL:
+                    last_wait_note = now
+                    busy = session.activity.describe()
+                    message = (
+                        f"[waiting: the kernel is {busy}; this code starts when it is free]"
+                        if busy != "idle"
+                        else "[waiting: the kernel has not started this code yet; it is "
+                        "running another client's request]"
+                    )
+            if message:
+                yield message
+
+    def promote_after(self, session: KernelSession) -> float:
+        promote_after = session.info.promote_after
+        return self.options.promote_after if promote_after is None else promote_after
+
+    # -- jobs --------------------------------------------------------------------------------
 
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
         """Make ``execution`` a background job: stored, followed to its end, never lost."""
         eval_id = uuid.uuid4().hex[:12]
         tracked = TrackedEval(eval_id, session, execution)
-        self.evals[eval_id] = tracked
         self.jobs.add(
             Job(
                 id=eval_id,
@@ -178,14 +393,18 @@ class Kaimon:
             )
         )
         self._adopt(tracked)
-        session.job_promoted(execution, eval_id)
+        self.bus.publish(JobPromoted(session.key, eval_id, execution.msg_id))
         return tracked
+
+    def _tell_gate_job_promoted(self, event: JobPromoted) -> None:
+        """The live view in the kernel lists the agent's background jobs."""
+        tracked = self.evals.get(event.eval_id)
+        if tracked is not None:
+            tracked.session.job_promoted(tracked.execution, event.eval_id)
 
     def _adopt(self, tracked: TrackedEval) -> None:
         self.evals[tracked.eval_id] = tracked
-        task = asyncio.create_task(self._follow_job(tracked), name=f"job-{tracked.eval_id}")
-        self._job_tasks.add(task)
-        task.add_done_callback(self._job_tasks.discard)
+        self._spawn(self._follow_job(tracked), f"job-{tracked.eval_id}")
 
     async def recover_jobs(self) -> None:
         """After a restart: re-attach jobs whose kernel still runs; the rest become lost."""
@@ -227,10 +446,14 @@ class Kaimon:
         for job in jobs:
             execution = followed[job.msg_id]
             record = records.get(job.msg_id)
+            # What came before this server: the gate's record (whole), else the store's copy.
+            before = record.output if record is not None else job.output
             # No record: the code has not started yet (queued behind other work); keep following.
             if record is not None and record.status != "running" and not execution.done.is_set():
                 execution.finish_from(record.status, record.output)
-            execution.stash.update(record.stash if record else {})
+            else:
+                _seed(execution, before)
+            execution.stash.update(record.stash if record else job.stash)
             if record is not None and record.progress:
                 execution.last_progress = record.progress
             self._adopt(TrackedEval(job.id, session, execution))
@@ -246,9 +469,10 @@ class Kaimon:
             if not execution.done.is_set() and stamp != saved_at:
                 saved_at = stamp
                 self.save_progress(tracked)
+        status = JOB_STATUS.get(execution.status, "failed")
         self.jobs.update(
             tracked.eval_id,
-            status=JOB_STATUS.get(execution.status, "failed"),
+            status=status,
             finished_at=time.time(),
             last_output_at=_wall(execution.last_output_at),
             output=execution.capture.text(),
@@ -258,6 +482,7 @@ class Kaimon:
         )
         tracked.saved.set()
         self.evals.pop(tracked.eval_id, None)  # the store has it all now
+        self.bus.publish(JobFinished(tracked.session_key, tracked.eval_id, status))
 
     def save_progress(self, tracked: TrackedEval) -> None:
         self.jobs.update(
@@ -299,39 +524,65 @@ class Kaimon:
         """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
         eval_id = eval_id.strip()
         if not eval_id:
-            raise KaimonError("eval_id is empty; use the id an `ex` reply gave (eval_id: …)")
+            raise JobNotFound("eval_id is empty; use the id an `ex` reply gave (eval_id: …)")
         if not all(c in "0123456789abcdef" for c in eval_id.lower()):
-            raise KaimonError(f"{eval_id!r} is not an eval id (ids are hex, like 3f9a1c02be71)")
+            raise JobNotFound(f"{eval_id!r} is not an eval id (ids are hex, like 3f9a1c02be71)")
         found = self.jobs.find(eval_id.lower())
         if len(found) == 1 or (found and found[0].id == eval_id):
             return found[0]
         if not found:
             recent = ", ".join(j.id for j in self.jobs.list(limit=5)) or "none yet"
-            raise KaimonError(f"no job has id {eval_id!r}; recent ids: {recent}")
-        raise KaimonError(
+            raise JobNotFound(f"no job has id {eval_id!r}; recent ids: {recent}")
+        raise JobNotFound(
             f"{eval_id!r} matches {len(found)}+ jobs ({', '.join(j.id for j in found)}); "
             "give more characters"
         )
 
+    # -- gate tools --------------------------------------------------------------------------
+
     def gate_tools(self) -> dict[str, GateToolRef]:
         """Every served tool under its MCP name ``<namespace>_<tool>``.
 
-        Sessions sharing a namespace get ``<namespace>_2``, ``_3`` … in the order they
-        started, so no tool silently replaces another.
-        """
+        Sessions sharing a namespace get ``<namespace>_2``, ``_3`` … by session key, in the
+        order this server first saw them: a restart (same key) keeps its names."""
         table: dict[str, GateToolRef] = {}
-        used: dict[str, int] = {}
         ordered = sorted(self.registry.sessions.values(), key=lambda s: (s.info.started_at, s.key))
         for session in ordered:
             if session.state != "ready" or not session.tools:
                 continue
+            slot = self._slot(session)
             ns = session.info.namespace
-            used[ns] = used.get(ns, 0) + 1
-            prefix = ns if used[ns] == 1 else f"{ns}_{used[ns]}"
+            prefix = ns if slot == 1 else f"{ns}_{slot}"
             for spec in session.tools:
                 name = f"{prefix}_{spec.name}"
                 table[name] = GateToolRef(name, session, spec)
         return table
+
+    def _slot(self, session: KernelSession) -> int:
+        slots = self._ns_slots.setdefault(session.info.namespace, {})
+        if session.key not in slots:
+            live = {
+                slots[s.key]
+                for s in self.registry.sessions.values()
+                if s.key in slots and s.info.namespace == session.info.namespace
+            }
+            slots[session.key] = next(n for n in range(1, len(live) + 2) if n not in live)
+        return slots[session.key]
+
+    def tools_changed(self, key: str) -> None:
+        self.bus.publish(ToolsChanged(key))
+
+
+def _seed(execution: Execution, before: str) -> None:
+    """Put what an evaluation printed before this server followed it ahead of what came
+    since (which may repeat the end of ``before``: the gate's record and the stream overlap)."""
+    since = execution.capture.text()
+    overlap = next(
+        (k for k in range(min(len(before), len(since)), 0, -1) if before.endswith(since[:k])), 0
+    )
+    capture = OutputCapture(limit=execution.capture.limit)
+    capture.add_text(before + since[overlap:])
+    execution.capture = capture
 
 
 async def _wait(execution: Execution, timeout: float) -> bool:

@@ -1,26 +1,22 @@
-"""One served kernel as the server sees it: an async jupyter_client over its own channels.
+"""One served kernel as the server sees it: a transport to its channels, and its gate.
 
-A reader task per channel routes every message by ``parent_header.msg_id`` to the execution
-that caused it; messages of other clients (the person's cells) update :class:`Activity`.
-A liveness task notices a dead kernel and fails whatever waits on it.
+Every message from the kernel is routed by ``parent_header.msg_id`` to the execution that
+caused it; messages of other clients (the person's cells) update :class:`Activity`. A session
+is usable only once its gate has answered (a session file alone proves nothing); where the
+kernel lives, and whether it is alive, is its provider's business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import zmq
-from jupyter_client.asynchronous import AsyncKernelClient
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
 from .._output import OutputCapture
@@ -49,148 +45,20 @@ from .._protocol import (
     check_protocol,
     parse_gate_message,
 )
+from ._execution import Activity, ExecStatus, Execution
+from ._transport import Channel, Transport
 
-__all__ = ["Activity", "Execution", "KernelSession", "PendingCall", "pid_alive"]
+if TYPE_CHECKING:
+    from .providers import KernelProvider
+
+__all__ = ["KernelSession", "PendingCall"]
 
 logger = logging.getLogger(__name__)
 
-READ_POLL_MS = 250  # at worst, how late a message whose wake-up pyzmq missed is read
-READ_BATCH = 200  # messages handled before the loop yields
-
-ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted", "cancelled"]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-@dataclass
-class Execution:
-    """One execute_request sent by the server, and everything it produced."""
-
-    msg_id: str
-    code: str
-    capture: OutputCapture
-    sent_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
-    finished_at: float | None = None
-    status: ExecStatus = "queued"
-    execution_count: int | None = None
-    reason: str = ""
-    quiet: bool = False
-    last_output_at: float | None = None
-    stash: dict[str, str] = field(default_factory=dict)
-    last_progress: str | None = None
-    new_progress: list[str] = field(default_factory=list)
-    cancel_requested: bool = False
-    #: Picked up again after a server restart: the execute_reply went to the old server.
-    reattached: bool = False
-    #: Called once when the execution ends, whatever the outcome.
-    on_done: list[Callable[[], object]] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    _reply: dict[str, Any] | None = None
-    _idle: bool = False
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.sent_at
-
-    def feed_iopub(self, msg: dict[str, Any]) -> None:
-        kind = msg["header"]["msg_type"]
-        content = msg["content"]
-        if kind == "status":
-            if content["execution_state"] == "busy" and self.started_at is None:
-                self.started_at = time.monotonic()
-                self.status = "running"
-            elif content["execution_state"] == "idle":
-                self._idle = True
-        elif kind == "stream":
-            self.capture.add_text(content.get("text", ""))
-        elif kind == "execute_result" and self.quiet:
-            return
-        elif kind in ("execute_result", "display_data", "update_display_data"):
-            self.capture.add_bundle(content.get("data", {}))
-        elif kind == "error":
-            self.capture.add_error(
-                content.get("ename", "Error"),
-                content.get("evalue", ""),
-                content.get("traceback", []),
-            )
-        else:
-            return
-        if kind != "status":
-            self.last_output_at = time.monotonic()
-        self._maybe_finish()
-
-    def feed_reply(self, msg: dict[str, Any]) -> None:
-        self._reply = msg["content"]
-        self.execution_count = self._reply.get("execution_count")
-        self._maybe_finish()
-
-    def _maybe_finish(self) -> None:
-        if not self._idle or self.done.is_set():
-            return
-        if self.cancel_requested:
-            self.status = "cancelled"
-            self.reason = self.reason or "cancelled by the agent"
-            self._finish()
-            return
-        if self._reply is None:
-            if not self.reattached:
-                return
-            self._reply = {"status": "error" if self.capture.error else "ok"}
-        status = self._reply.get("status")
-        if status == "ok":
-            self.status = "ok"
-        elif status == "aborted":
-            self.status = "aborted"
-            self.reason = (
-                "the kernel aborted this request (an earlier cell failed or it was interrupted)"
-            )
-        else:
-            self.status = "error"
-            if self.capture.error is None:  # an error reply with no error message on iopub
-                self.capture.add_error(
-                    self._reply.get("ename", "Error"),
-                    self._reply.get("evalue", ""),
-                    self._reply.get("traceback", []),
-                )
-        self._finish()
-
-    def finish_from(self, status: str, output: str) -> None:
-        """End with what the gate recorded (the evaluation ended while no server listened)."""
-        self.capture = OutputCapture(limit=self.capture.limit)
-        self.capture.add_text(output)
-        self.status = "ok" if status == "ok" else "error"
-        self.reason = "finished while the server was down; recovered from the kernel"
-        self._finish()
-
-    def fail(self, status: ExecStatus, reason: str) -> None:
-        if self.done.is_set():
-            return
-        self.status = status
-        self.reason = reason
-        self._finish()
-
-    def _finish(self) -> None:
-        self.finished_at = time.monotonic()
-        self.done.set()
-        for callback in self.on_done:
-            try:
-                callback()
-            except Exception:
-                logger.exception("an on_done callback failed")
+HANDSHAKE_TIMEOUT = 15.0  # per attempt; a kernel busy starting up is tried again
+WELCOME_TIMEOUT = 10.0
+RETRY_AFTER = 5.0
+CLOSE_TIMEOUT = 0.5
 
 
 @dataclass
@@ -203,41 +71,26 @@ class PendingCall:
     progress: asyncio.Queue[ToolProgress] = field(default_factory=asyncio.Queue)
 
 
-@dataclass
-class Activity:
-    """What the kernel is doing for other clients (the person's cells), from iopub."""
-
-    busy_code: str | None = None
-    busy_since: float | None = None
-    busy_parent: str | None = None
-
-    def describe(self) -> str:
-        if self.busy_since is None:
-            return "idle"
-        first = (self.busy_code or "").strip().splitlines()[:1]
-        what = f" running {first[0][:80]!r}" if first else ""
-        return f"busy{what} (the person's cell, for {time.monotonic() - self.busy_since:.0f} s)"
-
-
 class KernelSession:
     """The server's connection to one served kernel."""
 
     def __init__(
         self,
         info: SessionInfo,
+        provider: KernelProvider,
         *,
         server_pid: int | None = None,
-        on_dead: Callable[[], object] | None = None,
     ) -> None:
         self.info = info
-        self._on_dead = on_dead
+        self.provider = provider
         self.server_pid = server_pid or os.getpid()
-        self.client = AsyncKernelClient()
+        self.transport: Transport | None = None
         self.activity = Activity()
         self.executions: dict[str, Execution] = {}
         self.state: Literal["connecting", "ready", "refused", "dead", "closed"] = "connecting"
         self.problem = ""
         self.tools: list[ToolSpec] = []
+        #: Called when the gate's tools or the session's info change (set by the registry).
         self.on_tools_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
         self.calls: dict[str, PendingCall] = {}
@@ -246,9 +99,13 @@ class KernelSession:
         self._ready = asyncio.Event()
         self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
         self.discovered_at = time.monotonic()
-        self._tasks: list[asyncio.Task[None]] = []
         self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
+        self._handlers: dict[Channel, Callable[[dict[str, Any]], None]] = {
+            "iopub": self._on_iopub,
+            "shell": self._on_shell,
+            "control": self._on_control,
+        }
 
     @property
     def key(self) -> str:
@@ -256,36 +113,48 @@ class KernelSession:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def connect(self, timeout: float = 15.0) -> None:
-        """Open the kernel's channels and wait until iopub is delivering; never raises."""
+    async def connect(self) -> None:
+        """Open the channels and greet the gate, trying again while the kernel lives and does
+        not answer; never raises. ``state`` says how it went."""
         try:
             check_protocol(self.info.protocol_version, who=f"the gate of session {self.key}")
-            with open(self.info.connection_file) as f:
-                self.client.load_connection_info(json.load(f))
-            self.client.start_channels(hb=False)
-            for name, reader in (
-                ("iopub", self._read_iopub),
-                ("shell", self._read_shell),
-                ("control", self._read_control),
-            ):
-                self._tasks.append(asyncio.create_task(reader(), name=f"{name}-{self.key}"))
-            self._tasks.append(asyncio.create_task(self._watch_alive(), name=f"alive-{self.key}"))
-            await self._handshake(timeout)
-            await self._create_subshell()
-            self._open_gate_comm()
-            self.state = "ready"
+            self.transport = self.provider.connect(self.info)
+            self.transport.open(self._on_message)
+            while self.state == "connecting":
+                try:
+                    await self._greet()
+                except KernelTimeout as err:
+                    self.problem = f"{err}; trying again"
+                    logger.info("session %s: %s", self.key, self.problem)
+                    await asyncio.sleep(RETRY_AFTER)
         except ProtocolMismatch as err:
             self.state, self.problem = "refused", str(err)
-        except KernelTimeout as err:
-            self.problem = str(err)
-            self.state = "dead" if not self.alive() else "connecting"
-        except (OSError, ValueError) as err:
-            self.state = "dead"
-            self.problem = f"cannot read the connection file {self.info.connection_file}: {err}"
+        except DeadKernelError as err:
+            self.state, self.problem = "dead", str(err)
+        except KaimonError as err:
+            self.state, self.problem = "dead", str(err)
+        except asyncio.CancelledError:
+            raise
         except Exception as err:
             logger.exception("connecting to session %s failed", self.key)
             self.state, self.problem = "dead", f"connecting failed: {err}"
         finally:
+            self._ready.set()
+
+    async def _greet(self) -> None:
+        await self._handshake(HANDSHAKE_TIMEOUT)
+        if self.subshell_id is None:
+            await self._create_subshell()
+        self._open_gate_comm()
+        try:
+            await asyncio.wait_for(self._welcomed.wait(), WELCOME_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise KernelTimeout(
+                f"the gate of session {self.key} did not answer within {WELCOME_TIMEOUT:.0f} s "
+                "(the kernel may be busy, or it never ran %kaimon serve)"
+            ) from None
+        if self.state == "connecting":  # not refused meanwhile
+            self.state, self.problem = "ready", ""
             self._ready.set()
 
     async def wait_ready(self, timeout: float) -> None:
@@ -295,16 +164,16 @@ class KernelSession:
     async def wait_welcomed(self, timeout: float) -> None:
         """Until the gate has answered the comm (its tools are known), at most ``timeout``."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._welcomed.wait(), timeout)
+            await asyncio.wait_for(self._welcomed.wait(), max(timeout, 0))
 
     async def _handshake(self, timeout: float) -> None:
         """kernel_info on the control channel (answered even while a cell runs) until iopub
         shows its status message: then no output of ours can be missed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = self.client.session.msg("kernel_info_request")
+            msg = self._transport().msg("kernel_info_request")
             seen = self._iopub_seen[msg["header"]["msg_id"]] = asyncio.Event()
-            self.client.control_channel.send(msg)
+            self._transport().send("control", msg)
             try:
                 await asyncio.wait_for(seen.wait(), 0.5)
                 return
@@ -323,19 +192,24 @@ class KernelSession:
         """Gate traffic goes to a kernel subshell where the kernel has them (ipykernel 7),
         so tool calls are answered while the person's cell runs."""
         try:
-            reply = await self.control_request("kernel_info_request", timeout=5)
+            reply = await self._control("kernel_info_request", {}, 5)
             if "kernel subshells" not in reply["content"].get("supported_features", []):
                 return
-            reply = await self.control_request("create_subshell_request", timeout=5)
+            reply = await self._control("create_subshell_request", {}, 5)
             self.subshell_id = reply["content"].get("subshell_id")
         except KaimonError as err:
             logger.info("no subshell for session %s: %s", self.key, err)
 
+    def _transport(self) -> Transport:
+        if self.transport is None:
+            raise DeadKernelError(f"session {self.key} is not connected")
+        return self.transport
+
     def _send_gate(self, msg_type: str, content: dict[str, Any]) -> None:
-        msg = self.client.session.msg(msg_type, content)
+        msg = self._transport().msg(msg_type, content)
         if self.subshell_id:
             msg["header"]["subshell_id"] = self.subshell_id
-        self.client.shell_channel.send(msg)
+        self._transport().send("shell", msg)
 
     def _send_to_gate(self, message: Any) -> None:
         """One protocol message to the gate, on the session's comm."""
@@ -347,20 +221,28 @@ class KernelSession:
         self._send_gate("comm_open", content)
 
     async def close(self, reason: str = "closed") -> None:
+        """Leave the kernel as we found it: our comm closed, our subshell deleted."""
         self._fail_pending("dead" if reason != "closed" else "aborted", reason)
+        was = self.state
         if self.state != "dead":
             self.state = "closed"
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        with contextlib.suppress(Exception):
-            self.client.stop_channels()
+        if self.transport is None:
+            return
+        if was in ("ready", "connecting", "refused") and self.alive():
+            with contextlib.suppress(Exception):
+                self._send_gate("comm_close", {"comm_id": self._comm_id, "data": {}})
+            if self.subshell_id:
+                with contextlib.suppress(Exception):
+                    await self._control(
+                        "delete_subshell_request",
+                        {"subshell_id": self.subshell_id},
+                        CLOSE_TIMEOUT,
+                    )
+        self.transport.close()
+        self.transport = None
 
     def alive(self) -> bool:
-        return pid_alive(self.info.pid)
+        return self.state != "dead" and self.provider.alive(self.info)
 
     def mark_dead(self, reason: str) -> None:
         self.state = "dead"
@@ -378,56 +260,10 @@ class KernelSession:
                 )
         self.calls.clear()
 
-    async def _watch_alive(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            if not self.alive():
-                self.mark_dead(
-                    f"the kernel of session {self.key} (pid {self.info.pid}) died; "
-                    "its state is gone. Start a new session or restart the kernel."
-                )
-                if self._on_dead is not None:
-                    self._on_dead()
-                return
+    # -- routing ---------------------------------------------------------------------------
 
-    # -- readers ---------------------------------------------------------------------------
-
-    async def _read(self, channel: Any, handle: Any) -> None:
-        """Wait until the socket is readable, then take every message it holds.
-
-        The wait has a deadline: pyzmq's asyncio wake-ups are edge-triggered, and with
-        sends interleaved on the same socket one can be missed, which left kernel replies
-        unread for good (50 concurrent jobs lost some every run). Draining without waiting
-        per message is also what keeps a flood of output cheap."""
-        session = channel.session
-        socket = zmq.Socket.shadow(channel.socket.underlying)
-        while True:
-            await channel.socket.poll(READ_POLL_MS)
-            for _ in range(READ_BATCH):
-                try:
-                    frames = socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    _, frames = session.feed_identities(frames)
-                    msg = session.deserialize(frames)
-                except Exception:
-                    logger.warning("dropping an unreadable message from session %s", self.key)
-                    continue
-                try:
-                    handle(msg)
-                except Exception:
-                    logger.exception("handling a %s message failed", msg["header"].get("msg_type"))
-            await asyncio.sleep(0)  # a flood of messages must not starve the MCP side
-
-    async def _read_iopub(self) -> None:
-        await self._read(self.client.iopub_channel, self._on_iopub)
-
-    async def _read_shell(self) -> None:
-        await self._read(self.client.shell_channel, self._on_shell)
-
-    async def _read_control(self) -> None:
-        await self._read(self.client.control_channel, self._on_control)
+    def _on_message(self, channel: Channel, msg: dict[str, Any]) -> None:
+        self._handlers[channel](msg)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         parent = msg["parent_header"]
@@ -512,17 +348,25 @@ class KernelSession:
             raise ProtocolMismatch(self.problem)
         if self.state == "dead" or not self.alive():
             raise DeadKernelError(
-                self.problem or f"the kernel of session {self.key} (pid {self.info.pid}) is dead"
+                self.problem
+                or f"the kernel of session {self.key} died; its state is gone. Start a new "
+                "session (start_session) or ask the person to restart it."
             )
         if self.state == "closed":
             raise KaimonError(f"session {self.key} was withdrawn by the person (%kaimon stop)")
+        if self.state == "connecting":
+            raise KernelTimeout(
+                f"session {self.key} has not answered yet"
+                + (f" ({self.problem})" if self.problem else "")
+                + ": its kernel may be busy starting up. Try again in a few seconds."
+            )
 
     def execute(
         self, code: str, *, max_output: int = 6000, quiet: bool = False, silent: bool = False
     ) -> Execution:
         """Send ``code`` to run; the returned :class:`Execution` fills in as the kernel works."""
         self.usable()
-        msg = self.client.session.msg(
+        msg = self._transport().msg(
             "execute_request",
             {
                 "code": code,
@@ -536,7 +380,7 @@ class KernelSession:
         )
         ex = Execution(msg["header"]["msg_id"], code, OutputCapture(limit=max_output), quiet=quiet)
         self.executions[ex.msg_id] = ex
-        self.client.shell_channel.send(msg)
+        self._transport().send("shell", msg)
         return ex
 
     def call_tool(self, name: str, arguments: dict[str, Any]) -> PendingCall:
@@ -596,28 +440,42 @@ class KernelSession:
             self._send_to_gate(CancelEval(msg_id=execution.msg_id))
 
     async def interrupt(self) -> str:
-        """Interrupt the kernel for real: SIGINT to a local kernel, else an interrupt_request."""
+        """Interrupt the kernel for real: an ``interrupt_request`` on the control channel
+        (what ipykernel and Windows understand), else the provider's own means (a signal to
+        the verified process)."""
         self.usable()
         try:
-            os.kill(self.info.pid, signal.SIGINT)
+            reply = await self._control("interrupt_request", {}, 5.0)
+            if reply["content"].get("status") == "ok":
+                return "interrupt_request"
+        except KernelTimeout:
+            pass
+        if await self.provider.interrupt_signal(self.info):
             return "signal"
-        except (OSError, AttributeError):
-            await self.control_request("interrupt_request", timeout=5)
-            return "message"
+        raise KaimonError(
+            f"session {self.key}'s kernel did not take the interrupt; ask the person to "
+            "interrupt it, or restart it with manage_repl"
+        )
 
     async def control_request(
         self, msg_type: str, content: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> dict[str, Any]:
+        """A request on the control channel, answered even while code runs."""
         self.usable()
-        msg = self.client.session.msg(msg_type, content or {})
+        return await self._control(msg_type, content or {}, timeout)
+
+    async def _control(
+        self, msg_type: str, content: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        msg = self._transport().msg(msg_type, content)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._control_waiters[msg["header"]["msg_id"]] = fut
-        self.client.control_channel.send(msg)
+        self._transport().send("control", msg)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise KernelTimeout(
-                f"session {self.key} did not answer {msg_type} within {timeout:.0f} s"
+                f"session {self.key} did not answer {msg_type} within {timeout:g} s"
             ) from None
         finally:
             self._control_waiters.pop(msg["header"]["msg_id"], None)

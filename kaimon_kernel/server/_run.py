@@ -10,7 +10,7 @@ import sys
 
 from ._core import Kaimon, ServerOptions
 from ._http import BearerAuth, check_bind
-from ._tools import build_mcp
+from ._mcp import build_mcp
 
 __all__ = ["run_http", "run_stdio", "serve_forever"]
 

@@ -21,7 +21,6 @@ from pydantic import BaseModel, Field
 from .._config import add_project, allowed_projects
 from .._errors import KaimonError
 from ._core import Kaimon
-from ._kernel import KernelSession
 from ._launcher import project_python
 from ._results import text_result
 
@@ -114,11 +113,8 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                     error=True,
                 )
         python, why = project_python(project)
-        try:
-            session = await kaimon.launcher.start(str(project), name=name, python=python)
-        except KaimonError as err:
-            return text_result(f"the kernel did not start: {err}", error=True)
-        used = why if python else f"the server's Python ({kaimon.launcher.python}); {why}"
+        session = await kaimon.start_session(str(project), name=name, python=python)
+        used = why if python else f"the server's Python ({kaimon.registry.local.python}); {why}"
         return text_result(
             f"Started session {session.key} (label {session.info.label!r}) in {project}, "
             f"Python {session.info.python_version} from {used}. Pass session="
@@ -133,23 +129,19 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     ) -> CallToolResult:
         """Restart (fresh kernel, same session key and label: ALL state is lost), shut down,
         or interrupt a session's kernel."""
-        try:
-            target = await kaimon.resolve(session)
-            target.usable()
-            if command == "interrupt":
-                how = await target.interrupt()
-                return text_result(f"interrupted session {target.key} ({how}); its state is kept")
-            if not target.info.allow_restart:
-                return text_result(
-                    f"session {target.key} was served with allow_restart=False: the person "
-                    f"chose that agents may not {command} it. Ask the person to do it.",
-                    error=True,
-                )
-            if command == "restart":
-                return await _restart(kaimon, target)
-            return await _shutdown(kaimon, target)
-        except KaimonError as err:
-            return text_result(str(err), error=True)
+        target = await kaimon.resolve(session)
+        target.usable()
+        if command == "interrupt":
+            how = await target.interrupt()
+            return text_result(f"interrupted session {target.key} ({how}); its state is kept")
+        if command == "restart":
+            fresh = await kaimon.restart(target)
+            return text_result(
+                f"Restarted session {fresh.key} (label {fresh.info.label!r}): a fresh kernel, "
+                f"pid {fresh.info.pid}. {GONE}",
+                structured={"key": fresh.key, "pid": fresh.info.pid},
+            )
+        return text_result(await kaimon.shutdown(target))
 
     @mcp.tool()
     async def set_option(
@@ -205,53 +197,7 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         return text_result(f"session {target.key} did not confirm the change in time", error=True)
 
 
-async def _wait_restarted(kaimon: Kaimon, key: str, old_pid: int) -> KernelSession | None:
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while time.monotonic() < deadline:
-        await kaimon.registry.scan()
-        session = kaimon.registry.sessions.get(key)
-        if session is not None and session.info.pid != old_pid:
-            await session.wait_ready(10)
-            return session
-        await asyncio.sleep(0.1)
-    return None
-
-
 GONE = (
     "All previous state is gone: variables, imports, open files and running code. "
     "Re-run whatever setup you need."
 )
-
-
-async def _restart(kaimon: Kaimon, target: KernelSession) -> CallToolResult:
-    key, old_pid = target.key, target.info.pid
-    if key in kaimon.launcher.owned:
-        fresh = await kaimon.launcher.restart(key)
-    else:
-        # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
-        await target.control_request("shutdown_request", {"restart": True}, timeout=10)
-        fresh = await _wait_restarted(kaimon, key, old_pid)
-        if fresh is None:
-            return text_result(
-                f"session {key}'s kernel shut down, but its owner did not start it again within "
-                f"{RESTART_TIMEOUT:g} s (a Jupyter server restarts its kernels; a plain console "
-                "does not). Start a new session with start_session.",
-                error=True,
-            )
-    return text_result(
-        f"Restarted session {key} (label {fresh.info.label!r}): a fresh kernel, "
-        f"pid {fresh.info.pid}. {GONE}",
-        structured={"key": key, "pid": fresh.info.pid},
-    )
-
-
-async def _shutdown(kaimon: Kaimon, target: KernelSession) -> CallToolResult:
-    key = target.key
-    if key in kaimon.launcher.owned:
-        await kaimon.launcher.shutdown(key)
-        return text_result(f"shut down session {key}; it is gone")
-    await target.control_request("shutdown_request", {"restart": False}, timeout=10)
-    return text_result(
-        f"asked session {key}'s kernel to shut down. Its owner (e.g. JupyterLab) may start a "
-        "fresh kernel in its place; if so, that kernel is served again with the same key."
-    )

@@ -1,0 +1,157 @@
+"""One agent evaluation as the server follows it: the execution state machine.
+
+An :class:`Execution` is fed the kernel's messages that answer its execute_request (iopub
+output and status, the shell reply) and ends exactly once: ok, error, aborted, cancelled or
+dead. :class:`Activity` is what the kernel does for other clients (the person's cells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._output import OutputCapture
+
+__all__ = ["Activity", "ExecStatus", "Execution"]
+
+logger = logging.getLogger(__name__)
+
+ExecStatus = Literal["queued", "running", "ok", "error", "dead", "aborted", "cancelled"]
+
+
+@dataclass
+class Execution:
+    """One execute_request sent by the server, and everything it produced."""
+
+    msg_id: str
+    code: str
+    capture: OutputCapture
+    sent_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: ExecStatus = "queued"
+    execution_count: int | None = None
+    reason: str = ""
+    quiet: bool = False
+    last_output_at: float | None = None
+    stash: dict[str, str] = field(default_factory=dict)
+    last_progress: str | None = None
+    new_progress: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+    #: Picked up again after a server restart: the execute_reply went to the old server.
+    reattached: bool = False
+    #: Called once when the execution ends, whatever the outcome.
+    on_done: list[Callable[[], object]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _reply: dict[str, Any] | None = None
+    _idle: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.sent_at
+
+    def feed_iopub(self, msg: dict[str, Any]) -> None:
+        kind = msg["header"]["msg_type"]
+        content = msg["content"]
+        if kind == "status":
+            if content["execution_state"] == "busy" and self.started_at is None:
+                self.started_at = time.monotonic()
+                self.status = "running"
+            elif content["execution_state"] == "idle":
+                self._idle = True
+        elif kind == "stream":
+            self.capture.add_text(content.get("text", ""))
+        elif kind == "execute_result" and self.quiet:
+            return
+        elif kind in ("execute_result", "display_data", "update_display_data"):
+            self.capture.add_bundle(content.get("data", {}))
+        elif kind == "error":
+            self.capture.add_error(
+                content.get("ename", "Error"),
+                content.get("evalue", ""),
+                content.get("traceback", []),
+            )
+        else:
+            return
+        if kind != "status":
+            self.last_output_at = time.monotonic()
+        self._maybe_finish()
+
+    def feed_reply(self, msg: dict[str, Any]) -> None:
+        self._reply = msg["content"]
+        self.execution_count = self._reply.get("execution_count")
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._idle or self.done.is_set():
+            return
+        if self.cancel_requested:
+            self.status = "cancelled"
+            self.reason = self.reason or "cancelled by the agent"
+            self._finish()
+            return
+        if self._reply is None:
+            if not self.reattached:
+                return
+            self._reply = {"status": "error" if self.capture.error else "ok"}
+        status = self._reply.get("status")
+        if status == "ok":
+            self.status = "ok"
+        elif status == "aborted":
+            self.status = "aborted"
+            self.reason = (
+                "the kernel aborted this request (an earlier cell failed or it was interrupted)"
+            )
+        else:
+            self.status = "error"
+            if self.capture.error is None:  # an error reply with no error message on iopub
+                self.capture.add_error(
+                    self._reply.get("ename", "Error"),
+                    self._reply.get("evalue", ""),
+                    self._reply.get("traceback", []),
+                )
+        self._finish()
+
+    def finish_from(self, status: str, output: str) -> None:
+        """End with what the gate recorded (the evaluation ended while no server listened)."""
+        self.capture = OutputCapture(limit=self.capture.limit)
+        self.capture.add_text(output)
+        self.status = "ok" if status == "ok" else "error"
+        self.reason = "finished while the server was down; recovered from the kernel"
+        self._finish()
+
+    def fail(self, status: ExecStatus, reason: str) -> None:
+        if self.done.is_set():
+            return
+        self.status = status
+        self.reason = reason
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished_at = time.monotonic()
+        self.done.set()
+        for callback in self.on_done:
+            try:
+                callback()
+            except Exception:
+                logger.exception("an on_done callback failed")
+
+
+@dataclass
+class Activity:
+    """What the kernel is doing for other clients (the person's cells), from iopub."""
+
+    busy_code: str | None = None
+    busy_since: float | None = None
+    busy_parent: str | None = None
+
+    def describe(self) -> str:
+        if self.busy_since is None:
+            return "idle"
+        first = (self.busy_code or "").strip().splitlines()[:1]
+        what = f" running {first[0][:80]!r}" if first else ""
+        return f"busy{what} (the person's cell, for {time.monotonic() - self.busy_since:.0f} s)"

@@ -1,0 +1,274 @@
+"""The MCP front: the SDK's MCPServer with kaimon's built-in tools and every session's gate tools.
+
+A thin layer over :class:`~._core.Kaimon`: tools render core results; core errors become tool
+errors in one place (:meth:`KaimonMCP.call_tool`); gate tools come and go with the sessions,
+announced by ``tools/list_changed`` from the core's events. It uses the SDK's public extension
+points only: middleware (to learn which connections speak the older protocol, and to announce
+``listChanged`` to them) and the subscription bus (for 2026-07-28 clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
+from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from mcp.types import Tool as MCPTool
+
+from .. import __version__
+from .._errors import KaimonError
+from .._protocol import ImageBlock, ToolResult
+from ._block_tools import add_block_tools
+from ._core import GateToolRef, Kaimon
+from ._events import SessionCame, SessionWent, ToolCallFinished, ToolCallStarted, ToolsChanged
+from ._instructions import INSTRUCTIONS
+from ._results import text_result
+from ._session_tools import add_session_tools
+from ._tools import add_exec_tools
+
+__all__ = ["KaimonMCP", "build_mcp"]
+
+logger = logging.getLogger(__name__)
+
+MODERN_PROTOCOL = "2026-07-28"
+PROGRESS_INTERVAL = 0.25
+WAIT_NOTE_INTERVAL = 5.0
+# How long after a session is found a call to an unknown tool waits for it to connect; a
+# session that never answers costs a wrong name nothing once this has passed.
+CONNECT_GRACE = 5.0
+# A gate tool without its own timeout still gets one: a frozen kernel must not hang the agent.
+DEFAULT_TOOL_TIMEOUT = 300.0
+
+
+class KaimonMCP(MCPServer):
+    """MCPServer plus the gate tools of every session, which come and go at run time."""
+
+    def __init__(self, kaimon: Kaimon) -> None:
+        self._bus = InMemorySubscriptionBus()
+        super().__init__(
+            name="kaimon",
+            instructions=INSTRUCTIONS,
+            version=__version__,
+            log_level="WARNING",
+            subscriptions=self._bus,
+            middleware=[self._middleware],
+        )
+        self.kaimon = kaimon
+        self._legacy_sessions: set[Any] = set()
+        self._fingerprint: tuple[Any, ...] = ()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        kaimon.bus.subscribe(self._tools_maybe_changed, ToolsChanged, SessionCame, SessionWent)
+
+    # -- middleware ----------------------------------------------------------------------------
+
+    async def _middleware(self, ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        method = ctx.method
+        if method == "initialize" and isinstance(result, dict):
+            # Clients of the handshake era learn of list_changed from this capability; gate
+            # tools come and go, so announce it.
+            tools = result.get("capabilities", {}).get("tools")
+            if isinstance(tools, dict):
+                tools["listChanged"] = True
+        elif method in ("tools/list", "tools/call"):
+            if getattr(ctx, "protocol_version", MODERN_PROTOCOL) != MODERN_PROTOCOL:
+                self._legacy_sessions.add(ctx.session)
+        return result
+
+    # -- tools/list and tools/call -----------------------------------------------------------
+
+    async def list_tools(self) -> list[MCPTool]:
+        await self._first_sessions()
+        builtin = await super().list_tools()
+        taken = {t.name for t in builtin}
+        gate = [
+            MCPTool(
+                name=ref.mcp_name,
+                description=ref.spec.description or f"{ref.spec.name} (session {ref.session.key})",
+                input_schema=ref.spec.input_schema,
+                output_schema=ref.spec.output_schema,
+            )
+            for ref in self.kaimon.gate_tools().values()
+            if ref.mcp_name not in taken
+        ]
+        return [*builtin, *gate]
+
+    async def _first_sessions(self) -> None:
+        """A client's first tools/list must hold the gate tools of the sessions that were
+        served when this server started: wait (bounded) for those to answer."""
+        registry = self.kaimon.registry
+        remaining = self._started + CONNECT_GRACE - time.monotonic()
+        if remaining <= 0 or not registry.first_scan:
+            return
+        waits = [
+            s.wait_welcomed(remaining)
+            for key in registry.first_scan
+            if (s := registry.sessions.get(key)) is not None and s.state == "connecting"
+        ]
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            if self._tool_manager.get_tool(name) is None:
+                ref = self.kaimon.gate_tools().get(name) or await self._gate_tool_once_connected(
+                    name
+                )
+                if ref is not None:
+                    return await self._call_gate_tool(ref, arguments, context)
+            return await super().call_tool(name, arguments, context)
+        except KaimonError as err:
+            return tool_error(err)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, KaimonError):
+                return tool_error(cause)
+            if isinstance(exc, UnexpectedToolError) and cause is not None:
+                logger.error("tool %s failed", name, exc_info=cause)
+                return text_result(
+                    f"{name} failed: {type(cause).__name__}: {cause}. This is a bug in kaimon, "
+                    "not in your call; the kaimon serve log has the traceback.",
+                    error=True,
+                )
+            raise
+
+    async def _gate_tool_once_connected(self, name: str) -> GateToolRef | None:
+        """An unknown name may be a tool of a session that is still connecting (a server
+        just started, a kernel just served): look again once every session has answered."""
+        await self.kaimon.registry.scan()
+        now = time.monotonic()
+        waits = [
+            s.wait_welcomed(s.discovered_at + CONNECT_GRACE - now)
+            for s in self.kaimon.registry.sessions.values()
+            if s.state == "connecting" and s.discovered_at + CONNECT_GRACE > now
+        ]
+        await asyncio.gather(*waits)
+        return self.kaimon.gate_tools().get(name)
+
+    async def _call_gate_tool(
+        self, ref: GateToolRef, arguments: dict[str, Any], ctx: Context | None
+    ) -> CallToolResult:
+        session = ref.session
+        call = session.call_tool(ref.spec.name, arguments)
+        bus = self.kaimon.bus
+        bus.publish(ToolCallStarted(session.key, ref.mcp_name, call.call_id))
+        started = time.monotonic()
+        timeout = ref.spec.timeout if ref.spec.timeout is not None else DEFAULT_TOOL_TIMEOUT
+        sent = 0
+        last_note = 0.0
+        result: CallToolResult | None = None
+        try:
+            while not call.result.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(call.result), PROGRESS_INTERVAL)
+                messages = []
+                while not call.progress.empty():
+                    messages.append(call.progress.get_nowait())
+                now = time.monotonic()
+                if (
+                    not messages
+                    and not call.result.done()
+                    and session.subshell_id is None
+                    and session.activity.busy_since is not None
+                    and now - last_note >= WAIT_NOTE_INTERVAL
+                ):
+                    last_note = now
+                    note = f"[waiting: the kernel is {session.activity.describe()}]"
+                    await _progress(ctx, sent, None, note)
+                for update in messages:
+                    sent += 1
+                    value = update.progress if update.progress is not None else sent
+                    await _progress(ctx, value, update.total, update.message)
+                if not call.result.done() and now - started > timeout:
+                    session.cancel_call(call.call_id)
+                    session.calls.pop(call.call_id, None)
+                    result = text_result(
+                        f"{ref.mcp_name} timed out after {timeout:g} s; the tool was told to "
+                        "stop (kaimon_kernel.is_cancelled() is now true in it)",
+                        error=True,
+                    )
+                    return result
+        except asyncio.CancelledError:
+            session.cancel_call(call.call_id)
+            session.calls.pop(call.call_id, None)
+            raise
+        finally:
+            is_error = (
+                result.is_error
+                if result is not None
+                else (not call.result.done() or call.result.result().is_error)
+            )
+            bus.publish(
+                ToolCallFinished(
+                    session.key,
+                    ref.mcp_name,
+                    call.call_id,
+                    bool(is_error),
+                    time.monotonic() - started,
+                )
+            )
+        return _tool_result(call.result.result())
+
+    # -- tools/list_changed ------------------------------------------------------------------
+
+    def _tools_maybe_changed(self, _event: object) -> None:
+        fingerprint = tuple(
+            sorted(
+                (name, ref.session.key, ref.spec.model_dump_json())
+                for name, ref in self.kaimon.gate_tools().items()
+            )
+        )
+        if fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
+        task = asyncio.get_running_loop().create_task(self._announce())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _announce(self) -> None:
+        await self._bus.publish(ToolsListChanged())
+        for session in list(self._legacy_sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # that client is gone
+                self._legacy_sessions.discard(session)
+
+
+def tool_error(err: KaimonError) -> CallToolResult:
+    """A core error as the agent reads it: what was wrong and what to do (the message)."""
+    return text_result(str(err), error=True)
+
+
+async def _progress(ctx: Context | None, value: float, total: float | None, text: str) -> None:
+    if ctx is None:
+        return
+    with contextlib.suppress(Exception):
+        await ctx.report_progress(value, total, text)
+
+
+def _tool_result(result: ToolResult) -> CallToolResult:
+    blocks: list[ContentBlock] = [
+        ImageContent(type="image", data=b.data, mime_type=b.mime_type)
+        if isinstance(b, ImageBlock)
+        else TextContent(type="text", text=b.text)
+        for b in result.content
+    ]
+    return CallToolResult(
+        content=blocks, structured_content=result.structured, is_error=result.is_error
+    )
+
+
+def build_mcp(kaimon: Kaimon) -> MCPServer:
+    """The MCP server exposing ``kaimon``'s sessions and their gate tools."""
+    mcp = KaimonMCP(kaimon)
+    add_exec_tools(mcp, kaimon)
+    add_session_tools(mcp, kaimon)
+    add_block_tools(mcp, kaimon)
+    return mcp

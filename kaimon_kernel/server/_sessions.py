@@ -1,0 +1,198 @@
+"""The live set of sessions, from every provider's announcements.
+
+A session announced by a provider is connected in the background and becomes usable once its
+gate answers. The set follows the announcements (file events for the local provider) and the
+kernels' liveness (one check a second for all sessions, no file reads); every change is an
+event on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from .._errors import AmbiguousSession, SessionNotFound
+from ._events import EventBus, SessionCame, SessionChanged, SessionWent, ToolsChanged
+from ._kernel import KernelSession
+from .providers import KernelProvider, LocalProvider
+
+__all__ = ["Registry"]
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_INTERVAL = 1.0
+
+
+class Registry:
+    """The sessions agents can reach, by key."""
+
+    def __init__(
+        self,
+        providers: Sequence[KernelProvider] | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.providers: list[KernelProvider] = list(providers or [LocalProvider()])
+        self.bus = bus or EventBus()
+        self.sessions: dict[str, KernelSession] = {}
+        self._changed = asyncio.Event()
+        self._scan_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        #: When the first scan ran: sessions found then are waited for by the first tools/list.
+        self.first_scan: set[str] = set()
+
+    @property
+    def local(self) -> LocalProvider:
+        """The local provider (kernels this server starts live there)."""
+        for provider in self.providers:
+            if isinstance(provider, LocalProvider):
+                return provider
+        raise LookupError("no local provider")
+
+    async def run(self) -> None:
+        """Follow the providers' announcements and the kernels' liveness until cancelled."""
+        watchers = [asyncio.create_task(p.watch(self.scan)) for p in self.providers]
+        try:
+            while True:
+                await asyncio.sleep(LIVENESS_INTERVAL)
+                await self._check_liveness()
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            for watcher in watchers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+
+    async def _check_liveness(self) -> None:
+        dead = [s for s in self.sessions.values() if s.state != "closed" and not s.alive()]
+        if dead:
+            await self.scan()
+
+    async def scan(self) -> None:
+        async with self._scan_lock:
+            seen = {}
+            for provider in self.providers:
+                for key, info in provider.discover().items():
+                    seen[key] = (provider, info)
+            changed = False
+            for key in list(self.sessions):
+                session = self.sessions[key]
+                if key in seen and session.state != "dead" and session.alive():
+                    continue
+                if key in seen and session.state in ("connecting", "ready", "refused"):
+                    # same key, the kernel behind it is gone: a restart (replaced below)
+                    await self._drop(key, "the kernel was restarted")
+                elif key not in seen:
+                    gone = not session.alive()
+                    await self._drop(
+                        key,
+                        f"the kernel of session {key} died"
+                        if gone
+                        else f"session {key} was withdrawn by the person (%kaimon stop)",
+                    )
+                else:
+                    await self._drop(key, session.problem or f"the kernel of session {key} died")
+                changed = True
+            for key, (provider, info) in seen.items():
+                if key in self.sessions:
+                    continue
+                session = KernelSession(info, provider)
+                session.on_tools_changed = lambda key=key: self.bus.publish(ToolsChanged(key))
+                self.sessions[key] = session
+                task = asyncio.create_task(self._connect(session), name=f"connect-{key}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                changed = True
+            if changed:
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    async def first(self) -> None:
+        """The first scan; remembers which sessions it found."""
+        await self.scan()
+        self.first_scan = set(self.sessions)
+
+    async def _connect(self, session: KernelSession) -> None:
+        await session.connect()
+        if session.state == "ready" and self.sessions.get(session.key) is session:
+            self.bus.publish(SessionCame(session.key))
+            self.bus.publish(ToolsChanged(session.key))
+
+    async def _drop(self, key: str, reason: str) -> None:
+        session = self.sessions.pop(key)
+        was_ready = session.state == "ready"
+        if not session.alive():
+            session.mark_dead(reason)
+        await session.close(reason)
+        if was_ready:
+            self.bus.publish(SessionWent(key, reason))
+            self.bus.publish(ToolsChanged(key))
+
+    def changed(self, session: KernelSession) -> None:
+        """A session's info changed (label, flags): tell the fronts."""
+        self.bus.publish(SessionChanged(session.key))
+
+    async def wait_for(self, key: str, timeout: float) -> KernelSession | None:
+        """Wait until session ``key`` is known and connected, or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while key not in self.sessions:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            changed = self._changed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, 0.5))
+            await self.scan()
+        session = self.sessions[key]
+        await session.wait_ready(max(deadline - time.monotonic(), 0.1))
+        return session
+
+    def resolve(self, name: str | None) -> KernelSession:
+        """The session called ``name`` (key, key prefix, label or namespace), or the only one."""
+        sessions = list(self.sessions.values())
+        if not name:
+            if len(sessions) == 1:
+                return sessions[0]
+            if not sessions:
+                raise SessionNotFound(
+                    "no kernel is served. The person can run `%load_ext kaimon_kernel` and "
+                    "`%kaimon serve` in a notebook, or the agent can call start_session."
+                )
+            raise AmbiguousSession(
+                f"{len(sessions)} sessions are served; name one with session=…:\n"
+                + self.describe_all()
+            )
+        for match in (
+            lambda s: s.key == name,
+            lambda s: s.info.label == name,
+            lambda s: s.info.namespace == name,
+            lambda s: s.key.startswith(name),
+        ):
+            found = [s for s in sessions if match(s)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise AmbiguousSession(
+                    f"{name!r} matches {len(found)} sessions; use the key:\n"
+                    + "\n".join(f"  {s.key}  {s.info.label}" for s in found)
+                )
+        raise SessionNotFound(
+            f"no session is called {name!r}. Served sessions:\n"
+            + (self.describe_all() or "  (none)")
+        )
+
+    def describe_all(self) -> str:
+        return "\n".join(
+            f"  {s.key}  label={s.info.label!r} namespace={s.info.namespace!r}"
+            for s in self.sessions.values()
+        )
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(
+            *(session.close() for session in self.sessions.values()), return_exceptions=True
+        )
+        self.sessions.clear()

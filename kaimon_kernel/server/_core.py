@@ -219,7 +219,7 @@ class Kaimon:
                 return session
             exited = local.exited(key)
             if exited:
-                local.owned.pop(key, None)
+                await local.shutdown(key)
                 raise KaimonError(f"the kernel did not start: {exited}")
             if time.monotonic() > deadline:
                 await local.shutdown(key)

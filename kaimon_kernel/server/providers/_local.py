@@ -103,6 +103,7 @@ class _Owned:
     manager: _KaimonKernelManager
     request: LaunchRequest
     log_file: Path
+    log: Any  # kept open: a restart launches again with the same streams
 
 
 def _owner_file(key: str) -> Path:
@@ -193,7 +194,8 @@ class LocalProvider:
         )
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.chmod(log_file, 0o600)
-        with os.fdopen(fd, "wb") as log:
+        log = os.fdopen(fd, "wb")
+        try:
             # The kernel's own stdout must never reach ours: over stdio it is the MCP stream.
             await manager.start_kernel(
                 env=env,
@@ -202,7 +204,10 @@ class LocalProvider:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.owned[key] = _Owned(key, manager, request, log_file)
+        except BaseException:
+            log.close()
+            raise
+        self.owned[key] = _Owned(key, manager, request, log_file, log)
         self._write_owner_record(key)
 
     def exited(self, key: str) -> str | None:
@@ -271,6 +276,7 @@ class LocalProvider:
             logger.warning("stopping the kernel of session %s failed", key, exc_info=True)
             with contextlib.suppress(Exception):
                 await owned.manager.shutdown_kernel(now=True)
+        owned.log.close()
         _owner_file(key).unlink(missing_ok=True)
 
     async def close(self) -> None:

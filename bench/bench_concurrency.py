@@ -4,10 +4,11 @@ in the same run; phases interleaved (raw, kaimon, raw, kaimon, …).
 
     python bench/bench_concurrency.py [--agents 8] [--rounds 3] [--seconds 5]
 
-Every call computes a number unique to its agent and call (`i * 1_000_000 + k`) and checks the
-answer, so a reply crossed to another agent or lost (error, or no answer within 30 s) is
-counted. Prints calls/s and p50/p99 per path and kaimon's ratios to the raw loops'
-(targets: throughput >= 0.9x, p50 <= 1.5x, none crossed or lost).
+Every call answers a number unique to its agent and call (`i * 1_000_000 + k`) and the pid of
+the kernel that ran it, both checked: a reply crossed to another agent, code run in another
+agent's kernel, or a call lost (an error, or no answer within 30 s) is counted. Prints calls/s
+and p50/p99 per path and kaimon's ratios to the raw loops' (targets: throughput >= 0.9x,
+p50 <= 1.5x, none crossed or lost).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ from mcp import Client
 CALL_TIMEOUT = 30.0
 
 
-def code_for(agent: int, k: int) -> tuple[str, str]:
-    """The code of an agent's k-th call and the only answer that belongs to it."""
-    return f"{agent} * 1_000_000 + {k}", str(agent * 1_000_000 + k)
+def code_for(agent: int, k: int, pid: int) -> tuple[str, str]:
+    """The code of an agent's k-th call and the only answer that belongs to it: its number,
+    and the pid of the agent's own kernel (run in another kernel, the pid differs)."""
+    return (
+        f"{agent} * 1_000_000 + {k}, __import__('os').getpid()",
+        f"({agent * 1_000_000 + k}, {pid})",
+    )
 
 
 @dataclass
@@ -93,15 +98,20 @@ def mcp_call(client: Client, key: str) -> Callable[[str], Awaitable[str]]:
     return call
 
 
-async def phase(agents: list[Callable[[str], Awaitable[str]]], seconds: float, tally: Tally,
-                counter: list[int]) -> None:
+async def phase(
+    agents: list[Callable[[str], Awaitable[str]]],
+    pids: list[int],
+    seconds: float,
+    tally: Tally,
+    counter: list[int],
+) -> None:
     """Every agent calls in a loop until ``seconds`` pass; a call started is waited for."""
     deadline = time.perf_counter() + seconds
 
     async def loop(agent: int, call: Callable[[str], Awaitable[str]]) -> None:
         while time.perf_counter() < deadline:
             counter[agent] += 1
-            code, expected = code_for(agent + 1, counter[agent])
+            code, expected = code_for(agent + 1, counter[agent], pids[agent])
             t = time.perf_counter()
             try:
                 answer = await asyncio.wait_for(call(code), CALL_TIMEOUT)
@@ -121,6 +131,7 @@ async def main(args: argparse.Namespace) -> None:
     async with ServedKernels("c") as kernels:
         await kernels.add(args.agents)
         files = [km.connection_file for _, km in kernels.kernels]  # type: ignore[attr-defined]
+        pids = kernels.pids()
         with http_server() as (_server, url):
             async with AsyncExitStack() as stack:
                 clients = [
@@ -138,11 +149,11 @@ async def main(args: argparse.Namespace) -> None:
                 }
                 counters = {name: [0] * args.agents for name in paths}
                 for name, agents in paths.items():  # warm-up, not counted
-                    await phase(agents, 1.0, Tally(), counters[name])
+                    await phase(agents, pids, 1.0, Tally(), counters[name])
                 tallies = {name: Tally() for name in paths}
                 for _ in range(args.rounds):
                     for name, agents in paths.items():
-                        await phase(agents, args.seconds, tallies[name], counters[name])
+                        await phase(agents, pids, args.seconds, tallies[name], counters[name])
 
     floor = tallies["raw jupyter_client"]
     floor_rate = floor.calls / floor.wall
@@ -158,6 +169,9 @@ async def main(args: argparse.Namespace) -> None:
     )
     for name, t in tallies.items():
         rate = t.calls / t.wall
+        if not t.samples:
+            print(f"{name:{width}} no call answered; {t.lost} lost")
+            continue
         print(
             f"{name:{width}} {t.calls:6d} {rate:8.1f} {pct(t.samples, 0.5):7.2f} "
             f"{pct(t.samples, 0.99):7.2f} {rate / floor_rate:9.2f}x "

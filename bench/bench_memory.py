@@ -4,7 +4,9 @@ RSS of `kaimon serve --http` (VmHWM, a fresh server per case), and that no outpu
 
     python bench/bench_memory.py [--mb 100] [--promote-after 0.5]
 
-Target: peak <= 150 MB with every character kept. Figures, not pass/fail.
+Target: peak <= 150 MB with every character kept. "CUT" means the block store kept part and
+its note counts the rest (a cap, said in the block); "DROPPED", characters gone unsaid.
+Figures, not pass/fail.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from _common import (  # isolates Jupyter dirs first
@@ -41,9 +44,24 @@ def kept_or_not(total: int, tail: str, printed: int, letter: str) -> str:
     return f"DROPPED {printed - total:,}; the last page ends {tail[-60:]!r}"
 
 
+WAIT = 300.0  # seconds a job or its block may take to finish before the bench gives up
+
+
+def give_up_after(what: str) -> Callable[[], None]:
+    deadline = time.monotonic() + WAIT
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} still running after {WAIT:g} s")
+
+    return check
+
+
 async def wait_done(client: Client, eval_id: str) -> None:
     """Until check_eval says the job is no longer running."""
+    check = give_up_after(f"job {eval_id}")
     while True:
+        check()
         r = await client.call_tool("check_eval", {"eval_id": eval_id})
         if r.structured_content["status"] != "running":
             return
@@ -52,7 +70,9 @@ async def wait_done(client: Client, eval_id: str) -> None:
 
 async def block_total(client: Client, session: str) -> tuple[int, str]:
     """The newest block of ``session`` once finished: its total characters and last page."""
+    check = give_up_after(f"the newest block of {session}")
     while True:
+        check()
         h = await client.call_tool("history", {"session": session, "limit": 1})
         block = h.structured_content["blocks"][0]
         if block["status"] != "running":

@@ -64,13 +64,13 @@ class Startup:
 @dataclass
 class Idle:
     server: float  # % of a core
-    kernels: float  # % of a core, per kernel
+    kernels: float  # % of a core, all the kernels together
     rss: float
     load: float
 
     def row(self, count: int) -> str:
         return (
-            f"{count:8d} {self.server:10.2f}% {self.kernels:10.2f}% "
+            f"{count:8d} {self.server:10.2f}% {self.kernels:11.2f}% "
             f"{self.rss:8.0f} MB {self.load:5.1f}"
         )
 
@@ -118,7 +118,7 @@ async def idle(kernels: ServedKernels, seconds: float) -> Idle:
             rss = memory_mb(server.pid, "VmRSS")
     return Idle(
         server=100 * cpu / wall,
-        kernels=100 * kernel_cpu / wall / max(len(children), 1),
+        kernels=100 * kernel_cpu / wall,
         rss=rss,
         load=load,
     )
@@ -155,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
             "(target < 1 % of a core at 100 sessions)"
         )
         print(
-            f"{'sessions':>8} {'server CPU':>11} {'per kernel':>11} {'server RSS':>11} "
+            f"{'sessions':>8} {'server CPU':>11} {'all kernels':>12} {'server RSS':>11} "
             f"{'load':>5}"
         )
         for count, idle_ in idles.items():

@@ -23,6 +23,7 @@ os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 TOKEN = "bench-token-0123456789abcdef"
 
 import httpx2  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from mcp import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -167,14 +168,14 @@ class ServedKernels:
 
     def __init__(self, prefix: str = "k") -> None:
         self.prefix = prefix
-        self.kernels: list[tuple[str, object]] = []  # (namespace, AsyncKernelManager)
+        self.kernels: list[tuple[str, AsyncKernelManager]] = []
 
     async def __aenter__(self) -> ServedKernels:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.gather(
-            *(km.shutdown_kernel(now=True) for _, km in self.kernels),  # type: ignore[attr-defined]
+            *(km.shutdown_kernel(now=True) for _, km in self.kernels),
             return_exceptions=True,
         )
 
@@ -183,12 +184,10 @@ class ServedKernels:
         return [ns for ns, _ in self.kernels]
 
     def pids(self) -> list[int]:
-        return [km.provisioner.process.pid for _, km in self.kernels]  # type: ignore[attr-defined]
+        return [km.provisioner.process.pid for _, km in self.kernels]  # type: ignore[union-attr]
 
     async def add(self, n: int, parallel: int = 4) -> None:
         """Start and serve ``n`` more kernels, ``parallel`` at a time."""
-        from jupyter_client.manager import AsyncKernelManager
-
         gate = asyncio.Semaphore(parallel)
 
         async def one(ns: str) -> None:

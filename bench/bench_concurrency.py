@@ -130,7 +130,7 @@ async def phase(
 async def main(args: argparse.Namespace) -> None:
     async with ServedKernels("c") as kernels:
         await kernels.add(args.agents)
-        files = [km.connection_file for _, km in kernels.kernels]  # type: ignore[attr-defined]
+        files = [km.connection_file for _, km in kernels.kernels]
         pids = kernels.pids()
         with http_server() as (_server, url):
             async with AsyncExitStack() as stack:

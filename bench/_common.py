@@ -4,6 +4,7 @@ Import it before anything that reads Jupyter paths."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -22,6 +23,7 @@ os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
 TOKEN = "bench-token-0123456789abcdef"
 
 import httpx2  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from mcp import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -147,3 +149,70 @@ def print_table(title: str, results: dict[str, list[float]]) -> None:
             f"{name:{width}} {pct(samples, 0.5):8.2f} {pct(samples, 0.99):8.2f} "
             f"{statistics.median(samples) / floor:9.2f}x"
         )
+
+
+SERVE_WITH_TOOL = """\
+%load_ext kaimon_kernel
+import kaimon_kernel
+@kaimon_kernel.tool
+def ping() -> str:
+    \"\"\"Answer pong.\"\"\"
+    return "pong"
+%kaimon serve --namespace {ns} --label {ns}
+"""
+
+
+class ServedKernels:
+    """Real kernels served the person's way (`%load_ext kaimon_kernel`, `%kaimon serve`), each
+    with one gate tool, `<ns>_ping`; namespaces and labels are `<prefix>000`, `<prefix>001`, …"""
+
+    def __init__(self, prefix: str = "k") -> None:
+        self.prefix = prefix
+        self.kernels: list[tuple[str, AsyncKernelManager]] = []
+
+    async def __aenter__(self) -> ServedKernels:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(
+            *(km.shutdown_kernel(now=True) for _, km in self.kernels),
+            return_exceptions=True,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [ns for ns, _ in self.kernels]
+
+    def pids(self) -> list[int]:
+        return [km.provisioner.process.pid for _, km in self.kernels]  # type: ignore[union-attr]
+
+    async def add(self, n: int, parallel: int = 4) -> None:
+        """Start and serve ``n`` more kernels, ``parallel`` at a time."""
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(ns: str) -> None:
+            async with gate:
+                km = AsyncKernelManager(kernel_name="python3")
+                self.kernels.append((ns, km))
+                # the kernels' "TCP without encryption" warnings would bury the figures
+                await km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                kc = km.client()
+                kc.start_channels()
+                try:
+                    await kc.wait_for_ready(timeout=60)
+                    errors: list[str] = []
+
+                    def hook(msg: dict) -> None:
+                        if msg["msg_type"] == "error":
+                            errors.append("\n".join(msg["content"]["traceback"]))
+
+                    reply = await kc.execute_interactive(
+                        SERVE_WITH_TOOL.format(ns=ns), timeout=60, output_hook=hook
+                    )
+                    if reply["content"]["status"] != "ok" or errors:
+                        raise RuntimeError(f"serving {ns} failed: {errors}")
+                finally:
+                    kc.stop_channels()
+
+        start = len(self.kernels)
+        await asyncio.gather(*(one(f"{self.prefix}{i:03d}") for i in range(start, start + n)))

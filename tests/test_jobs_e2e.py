@@ -162,6 +162,7 @@ async def test_a_server_killed_mid_job_finds_it_again_after_restart(make_person)
         second.stop()
     assert late.structured_content["status"] == "completed", text_of(late)
     assert "end" in text_of(late)
+    assert "start" in text_of(late)  # printed before the kill: kept, not only what came after
     assert early.structured_content["status"] == "completed", text_of(early)
     assert "quick one" in text_of(early)
     assert "recovered from the kernel" in text_of(early)

@@ -99,7 +99,7 @@ class KernelSession:
         self._ready = asyncio.Event()
         self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
         self.discovered_at = time.monotonic()
-        self._control_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
         self._handlers: dict[Channel, Callable[[dict[str, Any]], None]] = {
             "iopub": self._on_iopub,
@@ -233,6 +233,9 @@ class KernelSession:
                 self._send_gate("comm_close", {"comm_id": self._comm_id, "data": {}})
             if self.subshell_id:
                 with contextlib.suppress(Exception):
+                    # the subshell handles messages in order: once it answers this, it has
+                    # closed the comm, and can be deleted
+                    await self._request("shell", "kernel_info_request", {}, CLOSE_TIMEOUT)
                     await self._control(
                         "delete_subshell_request",
                         {"subshell_id": self.subshell_id},
@@ -294,6 +297,10 @@ class KernelSession:
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
         parent_id = msg["parent_header"].get("msg_id")
+        fut = self._waiters.pop(parent_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+            return
         ex = self.executions.get(parent_id)
         if ex is not None and msg["header"]["msg_type"] == "execute_reply":
             ex.feed_reply(msg)
@@ -301,7 +308,7 @@ class KernelSession:
                 self.executions.pop(parent_id, None)
 
     def _on_control(self, msg: dict[str, Any]) -> None:
-        fut = self._control_waiters.pop(msg["parent_header"].get("msg_id"), None)
+        fut = self._waiters.pop(msg["parent_header"].get("msg_id"), None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
@@ -467,10 +474,18 @@ class KernelSession:
     async def _control(
         self, msg_type: str, content: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
+        return await self._request("control", msg_type, content, timeout)
+
+    async def _request(
+        self, channel: Channel, msg_type: str, content: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """A request and its reply (on the shell channel: to our subshell)."""
         msg = self._transport().msg(msg_type, content)
+        if channel == "shell" and self.subshell_id:
+            msg["header"]["subshell_id"] = self.subshell_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._control_waiters[msg["header"]["msg_id"]] = fut
-        self._transport().send("control", msg)
+        self._waiters[msg["header"]["msg_id"]] = fut
+        self._transport().send(channel, msg)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -478,4 +493,4 @@ class KernelSession:
                 f"session {self.key} did not answer {msg_type} within {timeout:g} s"
             ) from None
         finally:
-            self._control_waiters.pop(msg["header"]["msg_id"], None)
+            self._waiters.pop(msg["header"]["msg_id"], None)

@@ -17,20 +17,6 @@ from ._errors import (
     SessionNotFound,
 )
 from ._protocol import PROTOCOL_VERSION
-from .gate import (
-    GateTool,
-    ToolArgumentError,
-    ToolDefinitionError,
-    is_cancelled,
-    list_tools,
-    progress,
-    register,
-    serve,
-    stash,
-    stop,
-    tool,
-    unregister,
-)
 
 __version__ = "0.1.0"
 
@@ -59,6 +45,49 @@ __all__ = [
 ]
 
 
+# The gate's half loads on first use: `kaimon serve` never needs ipykernel or IPython, and
+# importing them costs a server start 150 ms.
+_GATE_NAMES = frozenset(
+    {
+        "GateTool",
+        "ToolArgumentError",
+        "ToolDefinitionError",
+        "is_cancelled",
+        "list_tools",
+        "progress",
+        "register",
+        "serve",
+        "stash",
+        "stop",
+        "tool",
+        "unregister",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GATE_NAMES:
+        from . import gate
+
+        value = getattr(gate, name)
+        _publish(value)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kaimon_kernel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def _publish(value: Any) -> None:
+    """Public names say they come from ``kaimon_kernel``, not from a private module."""
+    try:
+        value.__module__ = "kaimon_kernel"
+    except (AttributeError, TypeError):
+        pass
+
+
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext kaimon_kernel``: registers ``%kaimon``; serves at once if launched to."""
     from .gate import KaimonMagics, autoserve_from_env
@@ -69,4 +98,11 @@ def load_ipython_extension(ip: Any) -> None:
 
 def unload_ipython_extension(ip: Any) -> None:
     """``%unload_ext kaimon_kernel``: withdraws the kernel from agents."""
+    from .gate import stop
+
     stop()
+
+
+for _name in __all__:
+    if _name in globals() and _name != "PROTOCOL_VERSION":
+        _publish(globals()[_name])

@@ -31,3 +31,26 @@ def test_public_names_are_pinned() -> None:
     assert sorted(kaimon_kernel.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
         assert hasattr(kaimon_kernel, name), name
+
+
+def test_every_public_name_says_it_comes_from_kaimon_kernel() -> None:
+    for name in PUBLIC:
+        value = getattr(kaimon_kernel, name)
+        if callable(value):
+            assert value.__module__ == "kaimon_kernel", name
+
+
+def test_no_private_helper_leaks_into_the_public_namespace() -> None:
+    assert sorted(dir(kaimon_kernel)) == sorted(PUBLIC)
+
+
+def test_the_server_half_imports_no_kernel_machinery() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kaimon_kernel.server._run\n"
+        "print(sorted(m for m in ('ipykernel', 'IPython') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -142,9 +142,9 @@ class KernelSession:
             self._ready.set()
 
     async def _greet(self) -> None:
-        await self._handshake(HANDSHAKE_TIMEOUT)
+        features = await self._handshake(HANDSHAKE_TIMEOUT)
         if self.subshell_id is None:
-            await self._create_subshell()
+            await self._create_subshell(features)
         self._open_gate_comm()
         try:
             await asyncio.wait_for(self._welcomed.wait(), WELCOME_TIMEOUT)
@@ -166,35 +166,56 @@ class KernelSession:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._welcomed.wait(), max(timeout, 0))
 
-    async def _handshake(self, timeout: float) -> None:
+    async def _handshake(self, timeout: float) -> list[str]:
         """kernel_info on the control channel (answered even while a cell runs) until iopub
-        shows its status message: then no output of ours can be missed."""
+        shows its status message: then no output of ours can be missed. Asked again at
+        growing intervals: a fresh iopub subscription misses what was published before it
+        took. Returns the kernel's supported features."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self._transport().msg("kernel_info_request")
-            seen = self._iopub_seen[msg["header"]["msg_id"]] = asyncio.Event()
-            self._transport().send("control", msg)
-            try:
-                await asyncio.wait_for(seen.wait(), 0.5)
-                return
-            except asyncio.TimeoutError:
+        seen = asyncio.Event()
+        features: list[str] = []
+        sent: list[str] = []
+        interval = 0.05
+        try:
+            while time.monotonic() < deadline:
+                msg = self._transport().msg("kernel_info_request")
+                msg_id = msg["header"]["msg_id"]
+                sent.append(msg_id)
+                self._iopub_seen[msg_id] = seen
+                reply = self._waiters[msg_id] = asyncio.get_running_loop().create_future()
+                reply.add_done_callback(
+                    lambda f: features.extend(
+                        f.result()["content"].get("supported_features", [])
+                    )
+                    if not f.cancelled()
+                    else None
+                )
+                self._transport().send("control", msg)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(seen.wait(), interval)
+                if seen.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reply), 2.0)
+                    return features
                 if not self.alive():
-                    raise DeadKernelError(
-                        f"the kernel of session {self.key} is not running"
-                    ) from None
-            finally:
-                self._iopub_seen.pop(msg["header"]["msg_id"], None)
+                    raise DeadKernelError(f"the kernel of session {self.key} is not running")
+                interval = min(interval * 2, 0.5)
+        finally:
+            for msg_id in sent:
+                self._iopub_seen.pop(msg_id, None)
+                waiter = self._waiters.pop(msg_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()
         raise KernelTimeout(
             f"the kernel of session {self.key} did not answer within {timeout:.0f} s"
         )
 
-    async def _create_subshell(self) -> None:
+    async def _create_subshell(self, features: list[str]) -> None:
         """Gate traffic goes to a kernel subshell where the kernel has them (ipykernel 7),
         so tool calls are answered while the person's cell runs."""
+        if "kernel subshells" not in features:
+            return
         try:
-            reply = await self._control("kernel_info_request", {}, 5)
-            if "kernel subshells" not in reply["content"].get("supported_features", []):
-                return
             reply = await self._control("create_subshell_request", {}, 5)
             self.subshell_id = reply["content"].get("subshell_id")
         except KaimonError as err:

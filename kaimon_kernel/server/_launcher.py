@@ -27,6 +27,7 @@ __all__ = ["Launcher", "OwnedKernel", "project_python", "reap_orphans"]
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
+PROBE_TIMEOUT = 60.0
 
 
 @dataclass
@@ -40,8 +41,12 @@ class OwnedKernel:
     label: str | None
 
 
-def project_python(project: Path) -> tuple[str | None, str]:
-    """The project's own interpreter when its ``.venv`` can run a kaimon kernel, and why."""
+async def project_python(project: Path) -> tuple[str | None, str]:
+    """The project's own interpreter when its ``.venv`` can run a kaimon kernel, and why.
+
+    Runs that interpreter (which runs the project's code: ``.pth`` files, sitecustomize), so
+    call it only for a project the person allowed. It does not block the event loop.
+    """
     for candidate in (
         project / ".venv" / "bin" / "python",
         project / ".venv" / "Scripts" / "python.exe",
@@ -49,15 +54,26 @@ def project_python(project: Path) -> tuple[str | None, str]:
         if not candidate.exists():
             continue
         try:
-            probe = subprocess.run(
-                [str(candidate), "-c", "import ipykernel, kaimon_kernel"],
-                capture_output=True,
-                timeout=60,
+            probe = await asyncio.create_subprocess_exec(
+                str(candidate),
+                "-c",
+                "import ipykernel, kaimon_kernel",
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired) as err:
+        except OSError as err:
             return None, f"the project's .venv ({candidate}) could not be run: {err}"
-        if probe.returncode == 0:
+        try:
+            code = await asyncio.wait_for(probe.wait(), PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                probe.kill()
+            await probe.wait()
+            return None, (
+                f"the project's .venv ({candidate}) did not answer within {PROBE_TIMEOUT:g} s"
+            )
+        if code == 0:
             return str(candidate), f"the project's .venv ({candidate})"
         return None, (
             f"the project's .venv ({candidate}) lacks ipykernel or kaimon-kernel "
@@ -98,7 +114,7 @@ class Launcher:
         if name:
             env["KAIMON_LABEL"] = name
         cmd = [python, "-m", "ipykernel_launcher", "-f", connection_file, "--ext=kaimon_kernel"]
-        with open(log_file, "wb") as log:
+        with open(log_file, "wb", opener=_private_opener) as log:
             # The kernel's own stdout must never reach ours: over stdio it is the MCP stream.
             process = launch_kernel(
                 cmd,
@@ -173,6 +189,14 @@ class Launcher:
 
     async def shutdown_all(self) -> None:
         await asyncio.gather(*(self.shutdown(k) for k in list(self.owned)), return_exceptions=True)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    # 0600 whatever the umask, and also when the file is left from an earlier kernel.
+    fd = os.open(path, flags, 0o600)
+    if hasattr(os, "fchmod"):  # not on Windows
+        os.fchmod(fd, 0o600)
+    return fd
 
 
 def _owner_file(key: str) -> Path:

@@ -23,6 +23,7 @@ from ._core import JOB_STATUS, GateToolRef, Kaimon, TrackedEval
 from ._instructions import INSTRUCTIONS
 from ._jobs import Job
 from ._kernel import Execution, KernelSession
+from ._policy import refuse_unknown_arguments
 from ._results import text_result
 from ._session_tools import add_session_tools
 
@@ -134,6 +135,7 @@ class KaimonMCP(MCPServer):
         return [*builtin, *gate]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        refuse_unknown_arguments(self._tool_manager.get_tool(name), arguments)
         if self._tool_manager.get_tool(name) is None:
             ref = self.kaimon.gate_tools().get(name)
             if ref is None:

@@ -36,6 +36,8 @@ STOP_SIGNALS = tuple(
 # How long open HTTP streams (a client's GET stream) may hold up the shutdown.
 GRACEFUL_SHUTDOWN = 3.0
 BACKLOG = 2048
+# How long a cancelled stdio transport may take; its stdin reader thread never does.
+STDIO_STOP = 0.5
 
 
 def server_options(settings: Settings) -> ServerOptions:
@@ -143,6 +145,11 @@ async def run_http(
             sock.close()
 
 
+def _on_signal(sig: int, stop: asyncio.Event) -> None:
+    logger.info("signal %s: shutting down", sig)
+    stop.set()
+
+
 def serve_forever(
     options: ServerOptions,
     *,
@@ -163,19 +170,10 @@ def serve_forever(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        task: asyncio.Task[None] | None = None
-
-        def on_signal(sig: int) -> None:
-            logger.info("signal %s: shutting down", sig)
-            if stop.is_set() and task is not None:
-                task.cancel()  # a second signal: stop waiting for open HTTP streams
-            stop.set()
-            if not http and task is not None:
-                task.cancel()
-
         for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
-                loop.add_signal_handler(sig, on_signal, sig)
+                loop.add_signal_handler(sig, _on_signal, sig, stop)
+        task: asyncio.Task[None] | None = None
         try:
             kaimon = Kaimon(options)
             async with kaimon.running():
@@ -186,12 +184,27 @@ def serve_forever(
                     if http
                     else run_stdio(kaimon)
                 )
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not task.done():
+                    if not http:  # HTTP stops by itself once `stop` is set
+                        task.cancel()
+                    await asyncio.wait({task}, timeout=GRACEFUL_SHUTDOWN + 2 if http else STDIO_STOP)
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         finally:
             for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+        if task is not None and not task.done():
+            # The stdio transport reads stdin in a thread that cannot be cancelled while the
+            # client keeps the pipe open; asyncio.run would wait for it forever. Everything
+            # is cleaned up by now.
+            logger.info("stopped; not waiting for stdin to close")
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(0)
 
     try:
         asyncio.run(main())

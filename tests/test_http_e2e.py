@@ -122,7 +122,9 @@ async def test_a_wrong_host_header_is_refused_on_any_loopback_address(other_loop
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     accept = {"Accept": "application/json, text/event-stream"}
     async with authed(None) as http:
-        rebound = await http.post(other_loopback, json=body, headers={**accept, "Host": "evil.test"})
+        rebound = await http.post(
+            other_loopback, json=body, headers={**accept, "Host": "evil.test"}
+        )
         foreign = await http.post(
             other_loopback, json=body, headers={**accept, "Origin": "http://evil.test"}
         )

@@ -25,7 +25,9 @@ from conftest import (
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from kaimon_kernel._errors import KaimonError
 from kaimon_kernel._paths import resume_file_for
+from kaimon_kernel.server._run import bind
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +65,7 @@ async def start_a_kernel(client: Client, project: Path) -> tuple[str, int, int]:
     return key, kernel_pid, server_pid
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 async def test_a_signalled_stdio_server_stops_its_kernels_and_removes_their_files(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -75,7 +77,7 @@ async def test_a_signalled_stdio_server_stops_its_kernels_and_removes_their_file
     assert leftovers(key) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 async def test_a_signalled_http_server_stops_its_kernels_and_exits_cleanly(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -114,6 +116,18 @@ def test_a_port_in_use_is_an_error_naming_it_and_nothing_is_announced() -> None:
     assert done.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "MCP over streamable HTTP at" not in done.stderr
+
+
+def test_bind_names_the_port_in_use_and_an_unknown_host() -> None:
+    (first,) = bind("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(KaimonError, match=f"port {port} on 127.0.0.1 is already in use"):
+            bind("127.0.0.1", port)
+    finally:
+        first.close()
+    with pytest.raises(KaimonError, match="cannot serve HTTP on 'no-such-host.invalid'"):
+        bind("no-such-host.invalid", 2828)
 
 
 def test_a_bad_setting_stops_serve_with_the_source_named(tmp_path: Path) -> None:

@@ -190,7 +190,8 @@ def serve_forever(
                 if not task.done():
                     if not http:  # HTTP stops by itself once `stop` is set
                         task.cancel()
-                    await asyncio.wait({task}, timeout=GRACEFUL_SHUTDOWN + 2 if http else STDIO_STOP)
+                    patience = GRACEFUL_SHUTDOWN + 2 if http else STDIO_STOP
+                    await asyncio.wait({task}, timeout=patience)
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
@@ -198,9 +199,9 @@ def serve_forever(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if task is not None and not task.done():
-            # The stdio transport reads stdin in a thread that cannot be cancelled while the
-            # client keeps the pipe open; asyncio.run would wait for it forever. Everything
-            # is cleaned up by now.
+            # The transport did not stop: over stdio, stdin is read in a thread that cannot be
+            # cancelled while the client keeps the pipe open, and asyncio.run would wait for it
+            # forever. Everything is cleaned up by now.
             logger.info("stopped; not waiting for stdin to close")
             logging.shutdown()
             sys.stderr.flush()

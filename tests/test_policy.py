@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -205,3 +206,16 @@ async def test_an_agent_started_kernels_log_is_private_whatever_the_umask(tmp_pa
     finally:
         os.umask(old)
     assert mode == 0o600
+
+
+async def test_a_relative_project_path_is_relative_to_the_served_sessions_directory(
+    tmp_path: Path, make_person: Any
+) -> None:
+    person_dir = tmp_path / "person"
+    (person_dir / "sub").mkdir(parents=True)
+    make_person("--label p", cwd=person_dir)
+    async with stdio_client(cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": "sub", "name": "s"})
+        where = await client.call_tool("ex", {"code": "import os; os.getcwd()", "session": "s"})
+    assert not started.is_error, text_of(started)
+    assert text_of(where).strip() == repr(str((person_dir / "sub").resolve()))

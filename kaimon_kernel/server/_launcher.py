@@ -67,12 +67,14 @@ async def project_python(project: Path) -> tuple[str | None, str]:
         try:
             code = await asyncio.wait_for(probe.wait(), PROBE_TIMEOUT)
         except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                probe.kill()
-            await probe.wait()
             return None, (
                 f"the project's .venv ({candidate}) did not answer within {PROBE_TIMEOUT:g} s"
             )
+        finally:
+            if probe.returncode is None:  # timed out, or the call was cancelled
+                with contextlib.suppress(ProcessLookupError):
+                    probe.kill()
+                await probe.wait()
         if code == 0:
             return str(candidate), f"the project's .venv ({candidate})"
         return None, (

@@ -4,37 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-from ._config import (
-    DEFAULT_CANCEL_GRACE,
-    DEFAULT_PROMOTE_AFTER,
-    add_project,
-    allowed_projects,
-    load_config,
-    remove_project,
-)
+from ._config import add_project, allowed_projects, projects_overridden, remove_project
 from ._errors import KaimonError
 from ._paths import config_file
+from ._settings import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER, load_settings
 
 __all__ = ["main"]
 
-
-def _seconds(flag: float | None, env: str, key: str, default: float) -> float:
-    """A duration from the command line, else the environment, else the config file."""
-    if flag is not None:
-        return flag
-    raw = os.environ.get(env, "").strip()
-    if raw:
-        try:
-            return float(raw)
-        except ValueError:
-            raise SystemExit(f"kaimon: {env}={raw!r} is not a number of seconds") from None
-    value = load_config().get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise SystemExit(f"kaimon: {key!r} in {config_file()} must be a number of seconds")
-    return float(value)
+# `kaimon serve` flags that are settings: given ones override the environment and kaimon.json.
+SETTINGS_FLAGS = (
+    "http",
+    "host",
+    "port",
+    "auth",
+    "auto_start",
+    "promote_after",
+    "cancel_grace",
+    "log_level",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,17 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the MCP server (stdio by default)")
-    s.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
-    s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=2828, help="HTTP port (default 2828)")
+    s = sub.add_parser(
+        "serve",
+        help="run the MCP server (stdio by default)",
+        description="Settings come from these flags, else KAIMON_* variables (KAIMON_PORT, "
+        f"KAIMON_PROMOTE_AFTER, ...), else {config_file()}, else the defaults.",
+    )
     s.add_argument(
-        "--no-auth", action="store_true", help="HTTP without a bearer token (loopback only)"
+        "--http", action="store_true", default=None, help="serve streamable HTTP instead of stdio"
+    )
+    s.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP port (default 2828)")
+    s.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_false",
+        default=None,
+        help="HTTP without a bearer token (loopback only)",
     )
     s.add_argument(
         "--no-auto-start",
         dest="auto_start",
         action="store_false",
+        default=None,
         help="never start a kernel when none is served",
     )
     s.add_argument(
@@ -68,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds cancel_eval waits for code to stop by itself before it "
-        "interrupts the kernel (default $KAIMON_CANCEL_GRACE or 3)",
+        f"interrupts the kernel (default $KAIMON_CANCEL_GRACE or {DEFAULT_CANCEL_GRACE:g})",
     )
-    s.add_argument("--log-level", default="WARNING")
+    s.add_argument("--log-level", default=None, help="default WARNING")
 
     t = sub.add_parser("token", help="print the HTTP bearer token (generated once, stored 0600)")
     t.add_argument("--path", action="store_true", help="print where it is stored instead")
@@ -108,29 +109,22 @@ def _run(args: argparse.Namespace) -> int:
     from ._paths import load_or_create_token, token_file
 
     if args.command == "serve":
-        from .server._core import ServerOptions
-        from .server._http import check_bind
-        from .server._run import serve_forever
+        from .server._run import serve_forever, server_options
 
+        settings = load_settings({name: getattr(args, name) for name in SETTINGS_FLAGS})
         logging.basicConfig(
-            level=args.log_level.upper(),
+            level=settings.log_level,
             stream=sys.stderr,
             format="kaimon %(levelname)s %(name)s: %(message)s",
         )
-        options = ServerOptions(
-            auto_start=args.auto_start,
-            promote_after=_seconds(
-                args.promote_after, "KAIMON_PROMOTE_AFTER", "promote_after", DEFAULT_PROMOTE_AFTER
-            ),
-            cancel_grace=_seconds(
-                args.cancel_grace, "KAIMON_CANCEL_GRACE", "cancel_grace", DEFAULT_CANCEL_GRACE
-            ),
+        token = load_or_create_token() if settings.http and settings.auth else None
+        serve_forever(
+            server_options(settings),
+            http=settings.http,
+            host=settings.host,
+            port=settings.port,
+            token=token,
         )
-        token = None
-        if args.http:
-            token = None if args.no_auth else load_or_create_token()
-            check_bind(args.host, token)
-        serve_forever(options, http=args.http, host=args.host, port=args.port, token=token)
         return 0
     if args.command == "token":
         print(token_file() if args.path else load_or_create_token())
@@ -157,6 +151,12 @@ def _run(args: argparse.Namespace) -> int:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
         return 0
     if args.command == "projects":
+        if projects_overridden():
+            print(
+                "kaimon: note: $KAIMON_PROJECTS is set, so it is the list that applies, "
+                f"not the one in {config_file()}",
+                file=sys.stderr,
+            )
         if args.action == "add":
             print(f"kaimon: agents may now start kernels in {add_project(args.path)}")
         elif args.action == "remove":
@@ -165,7 +165,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             for project in allowed_projects():
                 print(project)
-            print(f"(and the directory `kaimon serve` runs in; stored in {config_file()})")
+            print(
+                "(and the directory `kaimon serve` runs in, unless it is / or your home "
+                f"directory or above it; stored in {config_file()})"
+            )
         return 0
     raise AssertionError(args.command)
 

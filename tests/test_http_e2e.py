@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -10,9 +11,12 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
-from conftest import HttpServer, PersonKernel, text_of
+from conftest import HttpServer, PersonKernel, free_port, server_args, text_of, wait_until
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.transport_security import TransportSecurityMiddleware
+
+from kaimon_kernel.server._http import transport_security
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +92,66 @@ def test_the_token_is_generated_once_and_stored_private() -> None:
     path = kaimon("token", "--path").stdout.strip()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert kaimon("token", env={"KAIMON_TOKEN": "from-env"}).stdout.strip() == "from-env"
+
+
+@pytest.fixture
+def other_loopback() -> Iterator[str]:
+    """A server with --no-auth on 127.0.0.2; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            *server_args("--http", "--host", "127.0.0.2", "--port", str(port), "--no-auth"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())  # type: ignore[union-attr]
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.2", port)) == 0
+
+    wait_until(listening, what="the server on 127.0.0.2")
+    yield f"http://127.0.0.2:{port}/mcp"
+    proc.terminate()
+    proc.wait(15)
+
+
+async def test_a_wrong_host_header_is_refused_on_any_loopback_address(other_loopback) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with authed(None) as http:
+        rebound = await http.post(
+            other_loopback, json=body, headers={**accept, "Host": "evil.test"}
+        )
+        foreign = await http.post(
+            other_loopback, json=body, headers={**accept, "Origin": "http://evil.test"}
+        )
+        honest = await http.post(other_loopback, json=body, headers=accept)
+    assert rebound.status_code == 421
+    assert foreign.status_code == 403
+    assert honest.status_code not in (403, 421)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "refused"),
+    [
+        ("127.0.0.1", ["127.0.0.1:2828", "localhost:2828"], ["127.0.0.2:2828", "evil:2828"]),
+        ("127.0.0.2", ["127.0.0.2:2828"], ["localhost:2828", "127.0.0.1:2828"]),
+        ("::1", ["[::1]:2828", "localhost:2828"], ["127.0.0.1:2828"]),
+        ("localhost", ["localhost:1", "127.0.0.1:1", "[::1]:1"], ["evil:1"]),
+    ],
+)
+def test_host_checks_fit_the_address_bound(host: str, allowed: list[str], refused: list[str]):
+    settings = transport_security(host)
+    middleware = TransportSecurityMiddleware(settings)
+    assert settings.enable_dns_rebinding_protection
+    assert all(middleware._validate_host(h) for h in allowed)
+    assert not any(middleware._validate_host(h) for h in refused)
+
+
+def test_beyond_loopback_the_token_guards_instead_of_host_checks() -> None:
+    assert not transport_security("0.0.0.0").enable_dns_rebinding_protection

@@ -184,11 +184,11 @@ class KernelSession:
                 self._iopub_seen[msg_id] = seen
                 reply = self._waiters[msg_id] = asyncio.get_running_loop().create_future()
                 reply.add_done_callback(
-                    lambda f: features.extend(
-                        f.result()["content"].get("supported_features", [])
+                    lambda f: (
+                        features.extend(f.result()["content"].get("supported_features", []))
+                        if not f.cancelled()
+                        else None
                     )
-                    if not f.cancelled()
-                    else None
                 )
                 self._transport().send("control", msg)
                 with contextlib.suppress(asyncio.TimeoutError):

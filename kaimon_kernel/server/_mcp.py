@@ -28,6 +28,7 @@ from ._block_tools import add_block_tools
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolCallFinished, ToolCallStarted, ToolsChanged
 from ._instructions import INSTRUCTIONS
+from ._policy import refuse_unknown_arguments
 from ._results import text_result
 from ._session_tools import add_session_tools
 from ._tools import add_exec_tools
@@ -117,6 +118,7 @@ class KaimonMCP(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         try:
+            refuse_unknown_arguments(self._tool_manager.get_tool(name), arguments)
             if self._tool_manager.get_tool(name) is None:
                 ref = self.kaimon.gate_tools().get(name) or await self._gate_tool_once_connected(
                     name

@@ -18,10 +18,19 @@ from mcp.server.mcpserver import (
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
-from .._config import add_project, allowed_projects
+from .._config import add_project
 from .._errors import KaimonError
 from ._core import Kaimon
 from ._launcher import project_python
+from ._policy import (
+    BadPath,
+    allowed_roots,
+    clean_path,
+    folder_problem,
+    is_within,
+    relative_base,
+    too_wide,
+)
 from ._results import text_result
 
 __all__ = ["add_session_tools"]
@@ -29,19 +38,26 @@ __all__ = ["add_session_tools"]
 RESTART_TIMEOUT = 60.0
 
 
-def _allowed(kaimon: Kaimon) -> list[Path]:
-    return [Path(kaimon.options.cwd).resolve(), *(p.resolve() for p in allowed_projects())]
-
-
-def _is_within(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)
+def _relative_base(kaimon: Kaimon) -> Path:
+    served = [
+        s.info.cwd for s in kaimon.registry.sessions.values() if s.state in ("connecting", "ready")
+    ]
+    return relative_base(served, kaimon.options.cwd)
 
 
 def _project(kaimon: Kaimon, project_path: str) -> Path:
-    project = Path(project_path).expanduser()
-    if not project.is_absolute():
-        project = Path(kaimon.options.cwd) / project
-    return project.resolve()
+    return clean_path(project_path, lambda: _relative_base(kaimon), "project_path")
+
+
+def _roots_listing(kaimon: Kaimon, roots: list[Path]) -> str:
+    listing = "\n".join(f"  {r}" for r in roots) or "  (none yet)"
+    why = too_wide(kaimon.options.cwd)
+    if why:
+        listing += (
+            f"\n(the server's directory, {Path(kaimon.options.cwd).resolve()}, is {why}: "
+            "not allowed unless the person adds it)"
+        )
+    return listing
 
 
 class AllowProject(BaseModel):
@@ -63,8 +79,11 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         """
         if project_path is None:
             return None
-        project = _project(kaimon, project_path)
-        if not project.is_dir() or _is_within(project, _allowed(kaimon)):
+        try:
+            project = _project(kaimon, project_path)
+            if folder_problem(project) or is_within(project, allowed_roots(kaimon.options.cwd)):
+                return None
+        except KaimonError:  # the tool itself says what is wrong
             return None
         asks = ctx.client_capabilities.elicitation if ctx.client_capabilities else None
         # as the SDK counts it: a bare `elicitation: {}` is form support, url-only is not
@@ -80,28 +99,41 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     async def start_session(
         permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
         project_path: Annotated[
-            str | None, Field(description="an allowed project directory; omit to list them")
+            str | None,
+            Field(
+                description="an allowed project directory; omit to list them. A relative "
+                "path is relative to the served session's directory"
+            ),
         ] = None,
         name: Annotated[str | None, Field(description="a label for the new session")] = None,
     ) -> CallToolResult:
         """Start a new kernel with the gate served, in an allowed project directory (using
         the project's .venv when it has one with ipykernel and kaimon-kernel). Where the
         client can ask the person, a directory not allowed yet is put to them."""
-        roots = _allowed(kaimon)
-        listing = "\n".join(f"  {r}" for r in roots)
-        if project_path is None:
-            return text_result(
-                f"Projects where you may start a session:\n{listing}",
-                structured={"projects": [str(r) for r in roots]},
-            )
-        project = _project(kaimon, project_path)
-        if not project.is_dir():
-            return text_result(f"{project} is not a directory", error=True)
-        if not _is_within(project, roots):
+        try:
+            roots = allowed_roots(kaimon.options.cwd)
+            listing = _roots_listing(kaimon, roots)
+            if project_path is None:
+                return text_result(
+                    f"Projects where you may start a session:\n{listing}",
+                    structured={"projects": [str(r) for r in roots]},
+                )
+            project = _project(kaimon, project_path)
+        except BadPath as err:
+            return text_result(f"{err}. Allowed projects:\n{listing}", error=True)
+        except KaimonError as err:  # e.g. a bad kaimon.json
+            return text_result(str(err), error=True)
+        problem = folder_problem(project)
+        if problem:
+            return text_result(problem, error=True)
+        if not is_within(project, roots):
             answer = permission.data if isinstance(permission, AcceptedElicitation) else None
             if isinstance(answer, AllowProject):
                 if answer.allow == "always":
-                    add_project(str(project))
+                    try:
+                        add_project(str(project))
+                    except KaimonError as err:
+                        return text_result(f"could not add {project}: {err}", error=True)
             else:
                 answered = {"decline": "The person declined", "cancel": "The person dismissed"}
                 said = answered.get(permission.action)
@@ -112,7 +144,8 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                     f"Allowed:\n{listing}",
                     error=True,
                 )
-        python, why = project_python(project)
+        # Only now, inside an allowed project: probing the .venv runs the project's Python.
+        python, why = await project_python(project)
         session = await kaimon.start_session(str(project), name=name, python=python)
         used = why if python else f"the server's Python ({kaimon.registry.local.python}); {why}"
         return text_result(

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from ..._errors import KaimonError
 from ..._paths import resume_file_for, sessions_dir, write_private
 from ..._protocol import SessionInfo
+from ..._settings import LaunchSettings
 from .._transport import ZmqTransport
 from ._base import LaunchRequest
 
@@ -179,9 +180,10 @@ class LocalProvider:
         python = request.python or self.python
         log_file = self.directory / f"kernel-{key}.log"
         env = dict(os.environ)
-        env.update(KAIMON_AUTOSERVE="1", KAIMON_STARTED_BY="agent", KAIMON_SESSION_KEY=key)
-        if request.label:
-            env["KAIMON_LABEL"] = request.label
+        launch = LaunchSettings(
+            autoserve=True, started_by="agent", session_key=key, label=request.label
+        )
+        env.update(launch.to_env())
         manager = _KaimonKernelManager(
             connection_file=str(self.directory.parent / f"kernel-kaimon-{key}.json"),
             ip="127.0.0.1",

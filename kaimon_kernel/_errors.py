@@ -5,7 +5,8 @@ KaimonError
 ├── SessionNotFound(LookupError)   no session matches what the agent named
 ├── AmbiguousSession(LookupError)  several sessions and none named
 ├── DeadKernelError(RuntimeError)  the kernel died or stopped answering
-└── KernelTimeout(TimeoutError)    a kernel did not answer before a deadline
+├── KernelTimeout(TimeoutError)    a kernel did not answer before a deadline
+└── StoreError                the job/block store (SQLite, block files) failed or is damaged
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "KernelTimeout",
     "ProtocolMismatch",
     "SessionNotFound",
+    "StoreError",
 ]
 
 
@@ -42,3 +44,8 @@ class DeadKernelError(KaimonError, RuntimeError):
 
 class KernelTimeout(KaimonError, TimeoutError):
     """A kernel did not answer before a deadline."""
+
+
+class StoreError(KaimonError):
+    """The store of jobs and blocks could not do what was asked (the message says why and
+    what to do); the caller must not act as if it had been recorded."""

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import KaimonError, SessionNotFound
+from .._paths import data_dir
 from .._protocol import ToolSpec
 from ._blocks import BlockStore
+from ._db import Database
 from ._discovery import Registry
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import Execution, KernelSession
@@ -85,8 +87,9 @@ class Kaimon:
         self.registry = registry or Registry()
         self.launcher = Launcher(self.registry)
         self.evals: dict[str, TrackedEval] = {}
-        self.jobs = JobStore()
-        self.blocks = BlockStore(self.jobs.db)
+        self.store = Database(data_dir() / "jobs.sqlite3")
+        self.jobs = JobStore(self.store)
+        self.blocks = BlockStore(self.store)
         self._start_lock = asyncio.Lock()
         self._job_tasks: set[asyncio.Task[None]] = set()
 
@@ -109,7 +112,7 @@ class Kaimon:
                 job_task.cancel()
             await self.launcher.shutdown_all()
             await self.registry.close()
-            self.jobs.close()
+            await self.store.aclose()
 
     async def session_for(self, name: str | None) -> tuple[KernelSession, str]:
         """The session ``name`` resolves to, starting one when none exists and allowed.
@@ -140,9 +143,9 @@ class Kaimon:
         await session.wait_ready(10)
         return session
 
-    def record_block(self, session: KernelSession, execution: Execution) -> str:
+    async def record_block(self, session: KernelSession, execution: Execution) -> str:
         """Make ``execution`` a block: its full output goes to disk as it comes."""
-        block_id, writer = self.blocks.start(session.key, execution.code)
+        block_id, writer = await self.blocks.start(session.key, execution.code)
         execution.capture.sink = writer.write
 
         def finish() -> None:
@@ -190,7 +193,7 @@ class Kaimon:
     async def recover_jobs(self) -> None:
         """After a restart: re-attach jobs whose kernel still runs; the rest become lost."""
         groups: dict[tuple[str, int], list[Job]] = {}
-        for job in self.jobs.running():
+        for job in await self.jobs.running():
             groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
         for (session_id, pid), jobs in groups.items():
             session = next(
@@ -295,18 +298,18 @@ class Kaimon:
         )
         return "interrupt sent, but the code has not stopped yet"
 
-    def find_job(self, eval_id: str) -> Job:
+    async def find_job(self, eval_id: str) -> Job:
         """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
         eval_id = eval_id.strip()
         if not eval_id:
             raise KaimonError("eval_id is empty; use the id an `ex` reply gave (eval_id: …)")
         if not all(c in "0123456789abcdef" for c in eval_id.lower()):
             raise KaimonError(f"{eval_id!r} is not an eval id (ids are hex, like 3f9a1c02be71)")
-        found = self.jobs.find(eval_id.lower())
+        found = await self.jobs.find(eval_id.lower())
         if len(found) == 1 or (found and found[0].id == eval_id):
             return found[0]
         if not found:
-            recent = ", ".join(j.id for j in self.jobs.list(limit=5)) or "none yet"
+            recent = ", ".join(j.id for j in await self.jobs.list(limit=5)) or "none yet"
             raise KaimonError(f"no job has id {eval_id!r}; recent ids: {recent}")
         raise KaimonError(
             f"{eval_id!r} matches {len(found)}+ jobs ({', '.join(j.id for j in found)}); "

@@ -287,7 +287,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         try:
             target, note = await kaimon.session_for(session)
             execution = target.execute(code, max_output=max_output, quiet=quiet)
-            block_id = kaimon.record_block(target, execution)
+            block_id = await kaimon.record_block(target, execution)
         except KaimonError as err:
             return text_result(str(err), error=True)
         try:
@@ -327,7 +327,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         """Status, elapsed time, stash, last progress and output so far of a background job;
         the full result once it is done."""
         try:
-            job = kaimon.find_job(eval_id)
+            job = await kaimon.find_job(eval_id)
         except KaimonError as err:
             return text_result(str(err), error=True)
         view = _job_view(kaimon, job)
@@ -344,7 +344,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         """Cancel a background job: first the cooperative flag (kaimon_kernel.is_cancelled()),
         then, if the code has not stopped after the grace period, a real kernel interrupt."""
         try:
-            job = kaimon.find_job(eval_id)
+            job = await kaimon.find_job(eval_id)
         except KaimonError as err:
             return text_result(str(err), error=True)
         tracked = kaimon.evals.get(job.id)
@@ -358,7 +358,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
             how = await kaimon.cancel(tracked)
         except KaimonError as err:
             return text_result(f"cancelling {job.id} failed: {err}", error=True)
-        view = _job_view(kaimon, kaimon.jobs.get(job.id) or job)
+        view = _job_view(kaimon, await kaimon.jobs.get(job.id) or job)
         return text_result(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
 
     @mcp.tool()
@@ -371,7 +371,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         stats: Annotated[bool, Field(description="add counts per status and durations")] = False,
     ) -> CallToolResult:
         """Background jobs (evaluations that outlived their ex call), newest first."""
-        jobs = kaimon.jobs.list(status, limit)
+        jobs = await kaimon.jobs.list(status, limit)
         rows = []
         for job in jobs:
             first = (job.code.strip().splitlines() or [""])[0][:60]
@@ -391,7 +391,7 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         ] or ["no jobs"]
         structured: dict[str, Any] = {"jobs": rows}
         if stats:
-            structured["stats"] = kaimon.jobs.stats()
+            structured["stats"] = await kaimon.jobs.stats()
             lines.append(f"stats: {structured['stats']}")
         return text_result("\n".join(lines), structured=structured)
 

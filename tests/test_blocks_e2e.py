@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
-from conftest import PersonKernel, stdio_client, text_of
+from conftest import stdio_client, text_of
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.anyio
@@ -40,8 +41,9 @@ async def test_history_and_read_block_page_through_a_multi_megabyte_output(perso
 
 
 async def test_export_notebook_writes_a_valid_notebook_that_reruns(
-    person: PersonKernel, tmp_path: Path
+    make_person: Any, tmp_path: Path
 ) -> None:
+    make_person("--label person", cwd=tmp_path)
     target = tmp_path / "agent.ipynb"
     async with stdio_client(cwd=tmp_path) as client:
         await client.call_tool("ex", {"code": "numbers = [1, 2, 3]"})
@@ -59,3 +61,30 @@ async def test_export_notebook_writes_a_valid_notebook_that_reruns(
     del nb.cells[2]  # re-run what succeeded
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
     assert nb.cells[1].outputs[0].text == "6\n"
+
+
+async def test_export_notebook_writes_in_the_sessions_folder_and_replaces_only_when_asked(
+    make_person: Any, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / "folder.ipynb").mkdir(parents=True)
+    make_person("--label nb", cwd=project)
+    calls = {
+        "first": {"path": "agent.ipynb"},
+        "again": {"path": "agent.ipynb"},
+        "forced": {"path": "agent.ipynb", "overwrite": True},
+        "nul": {"path": "a\0b.ipynb"},
+        "long": {"path": "x" * 300 + ".ipynb"},
+        "folder": {"path": "folder.ipynb"},
+    }
+    async with stdio_client(cwd=tmp_path) as client:  # the server's folder is not the session's
+        await client.call_tool("ex", {"code": "x = 1"})
+        results = {name: await client.call_tool("export_notebook", a) for name, a in calls.items()}
+    text = {name: text_of(r) for name, r in results.items()}
+    assert not results["first"].is_error and not results["forced"].is_error, text
+    assert (project / "agent.ipynb").exists() and not (tmp_path / "agent.ipynb").exists()
+    assert results["again"].is_error and "already exists; pass overwrite=true" in text["again"]
+    assert "NUL byte" in text["nul"]
+    assert "at most 255" in text["long"]
+    assert "is a folder" in text["folder"]
+    assert all(results[n].is_error for n in ("nul", "long", "folder"))

@@ -459,3 +459,25 @@ def test_reading_a_big_page_and_exporting_leave_the_event_loop_free(tmp_path: Pa
     db.close()
     assert first == "{"
     assert page_ticks > 0 and export_ticks > 0
+
+
+def test_two_servers_on_one_store_write_side_by_side(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    dbs = [Database(path), Database(path)]
+
+    async def write(db: Database, prefix: str) -> None:
+        jobs = JobStore(db)
+        for i in range(100):
+            jobs.add(job(f"{prefix}{i:03d}"))
+            jobs.update(f"{prefix}{i:03d}", status="completed", finished_at=time.time())
+        await db.flush()
+
+    async def both() -> dict:
+        await asyncio.gather(*(write(d, p) for d, p in zip(dbs, "ab", strict=True)))
+        return (await JobStore(dbs[0]).stats())["counts"]
+
+    counts = asyncio.run(both())
+    errors = [e for d in dbs for e in d.take_errors()]
+    for d in dbs:
+        d.close()
+    assert (counts, errors) == ({"completed": 200}, [])

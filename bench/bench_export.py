@@ -3,7 +3,7 @@
     python bench/bench_export.py [--n 200] [--blocks 2000]
 
 Agent A runs ex on its kernel; agent B's session holds --blocks blocks (written straight
-into the store before the server starts) and exports them as a notebook, again and again,
+into the store after A's idle phase) and exports them as a notebook, again and again,
 while A is measured. Prints A's p50/p99 idle and during the exports, the raw jupyter_client
 floor on A's kernel in both phases, and how long an export takes. Target: A's p99 during
 the exports <= 2x its idle p99. Figures, not pass/fail.
@@ -85,10 +85,8 @@ async def main(n: int, blocks: int) -> None:
     os.chdir(ROOT)  # the server's folder: the allowed root that holds B's project
     km_a, key_a = start_kernel("agent-a", project)
     km_b, key_b = start_kernel("agent-b", project)
-    t = time.perf_counter()
-    await fill(key_b, blocks)
-    filled = time.perf_counter() - t
     exports: list[float] = []
+    cells: list[int] = []
     try:
         with http_server() as (_server, url):
             async with (
@@ -99,6 +97,11 @@ async def main(n: int, blocks: int) -> None:
                 idle = await interleaved(
                     {"raw jupyter_client": raw.once, "kaimon HTTP (A)": ex_once(a, key_a)}, n
                 )
+                # B's blocks are written after A's idle phase: the store keeps the newest
+                # 2,000 blocks of all sessions, and A's calls add blocks too.
+                t = time.perf_counter()
+                await fill(key_b, blocks)
+                filled = time.perf_counter() - t
                 stop = asyncio.Event()
                 first = asyncio.Event()
 
@@ -109,11 +112,14 @@ async def main(n: int, blocks: int) -> None:
                         r = await b.call_tool("export_notebook", args)
                         exports.append(time.perf_counter() - t)
                         assert not r.is_error, r
-                        assert r.structured_content["cells"] == blocks, r.structured_content
+                        cells.append(r.structured_content["cells"])
                         first.set()
 
                 exporter = asyncio.create_task(export_forever())
-                await asyncio.wait_for(first.wait(), 300)  # nbformat's first import is slow
+                waiting = asyncio.create_task(first.wait())
+                await asyncio.wait({waiting, exporter}, return_when=asyncio.FIRST_COMPLETED)
+                if exporter.done():
+                    exporter.result()  # the export failed: say why
                 busy = await interleaved(
                     {
                         "raw jupyter_client": raw.once,
@@ -137,8 +143,9 @@ async def main(n: int, blocks: int) -> None:
         f"{busy_p99 / idle_p99:.2f}x (target <= 2x)"
     )
     print(
-        f"export of {blocks} blocks: {len(exports)} runs, median "
-        f"{statistics.median(exports):.2f} s, first {exports[0]:.2f} s"
+        f"export of {min(cells)}-{max(cells)} blocks (A's calls evict B's oldest): "
+        f"{len(exports)} runs, median {statistics.median(exports):.2f} s, "
+        f"first {exports[0]:.2f} s"
     )
 
 

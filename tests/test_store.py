@@ -485,3 +485,12 @@ def test_two_servers_on_one_store_write_side_by_side(tmp_path: Path) -> None:
     for d in dbs:
         d.close()
     assert (counts, errors) == ({"completed": 200}, [])
+
+
+def test_the_gate_reads_recent_jobs_without_a_server(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    assert _jobs.recent_jobs(path=path) == []
+    store = JobStore(path)
+    store.add(job("ab", "completed"))
+    store.close()
+    assert [j.id for j in _jobs.recent_jobs(path=path)] == ["ab"]

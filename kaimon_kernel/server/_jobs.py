@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .._errors import StoreError
 from .._paths import data_dir
 from ._db import Database, prefix_range
 
@@ -203,17 +204,26 @@ def _evict(db: sqlite3.Connection) -> None:
 
 def recent_jobs(limit: int = 200, path: Path | None = None) -> list[Job]:
     """The newest jobs, read directly (for processes other than the server: the gate's
-    ``%kaimon jobs``); an empty list when there is no store yet."""
+    ``%kaimon jobs``); an empty list when there is no store yet.
+
+    Raises :class:`StoreError` when the store cannot be read.
+    """
     path = path or data_dir() / "jobs.sqlite3"
     if not path.exists():
         return []
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     try:
-        db.row_factory = sqlite3.Row
-        return _list(db, None, limit)
+        db = sqlite3.connect(path, timeout=5)
+        try:
+            db.row_factory = sqlite3.Row
+            return _list(db, None, limit)
+        finally:
+            db.close()
     except sqlite3.OperationalError as err:
         if "no such table" in str(err):
             return []
-        raise
-    finally:
-        db.close()
+        raise StoreError(f"could not read the kaimon store {path}: {err}") from err
+    except sqlite3.DatabaseError as err:
+        raise StoreError(
+            f"the kaimon store {path} is damaged ({err}); the next `kaimon serve` moves it "
+            "aside and starts a fresh one"
+        ) from err

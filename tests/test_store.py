@@ -10,7 +10,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -430,14 +430,23 @@ def test_reading_a_big_page_and_exporting_leave_the_event_loop_free(tmp_path: Pa
     db = Database(tmp_path / "jobs.sqlite3")
     store = BlockStore(db, tmp_path / "blocks")
 
-    async def ticks_during(work: object) -> int:
-        task = asyncio.ensure_future(work)
+    async def ticks_during(work: Awaitable[object]) -> int:
+        """How often another task ran while ``work`` was awaited (0: it held the loop)."""
         ticks = 0
-        while not task.done():
-            await asyncio.sleep(0)
-            ticks += 1
-        await task
-        return ticks
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        before = ticks
+        await work
+        during = ticks - before
+        ticker.cancel()
+        return during
 
     async def scenario() -> tuple[int, int, str]:
         block_id, writer = await store.start("k", "print('z' * 20_000_000)")

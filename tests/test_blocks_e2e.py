@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,21 @@ async def test_export_notebook_writes_in_the_sessions_folder_and_replaces_only_w
     assert "at most 255" in text["long"]
     assert "is a folder" in text["folder"]
     assert all(results[n].is_error for n in ("nul", "long", "folder"))
+
+
+async def test_code_that_cannot_be_recorded_is_not_run_and_the_agent_is_told(person) -> None:
+    blocks = Path(os.environ["JUPYTER_DATA_DIR"]) / "kaimon" / "blocks"
+    async with stdio_client() as client:
+        await client.call_tool("ex", {"code": "counter = 0"})
+        aside = blocks.with_name("blocks-aside")
+        blocks.rename(aside)
+        blocks.write_text("a file where the blocks folder was")
+        try:
+            tries = [await client.call_tool("ex", {"code": "counter += 1"}) for _ in range(3)]
+        finally:
+            blocks.unlink()
+            aside.rename(blocks)
+        after = await client.call_tool("ex", {"code": "counter"})
+    for result in tries:
+        assert result.is_error and "the code was not run" in text_of(result), text_of(result)
+    assert text_of(after).strip() == "0"

@@ -10,12 +10,12 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
-from .._errors import KaimonError, SessionNotFound
+from .._errors import KaimonError, SessionNotFound, StoreError
 from .._paths import data_dir
 from .._protocol import ToolSpec
 from ._blocks import BlockStore
@@ -143,9 +143,24 @@ class Kaimon:
         await session.wait_ready(10)
         return session
 
-    async def record_block(self, session: KernelSession, execution: Execution) -> str:
-        """Make ``execution`` a block: its full output goes to disk as it comes."""
-        block_id, writer = await self.blocks.start(session.key, execution.code)
+    async def record_block(
+        self, session: KernelSession, code: str, run: Callable[[], Execution]
+    ) -> tuple[Execution, str]:
+        """Record a block, then ``run()`` the code: its full output goes to disk as it comes.
+
+        The block exists before the code is sent, so no output is missed; when it cannot be
+        recorded, the code is not run (:class:`StoreError` says so).
+        """
+        try:
+            block_id, writer = await self.blocks.start(session.key, code)
+        except StoreError as err:
+            raise StoreError(f"the code was not run: {err}") from err
+        try:
+            execution = run()
+        except BaseException:
+            writer.close()
+            self.blocks.finish(block_id, status="not run")
+            raise
         execution.capture.sink = writer.write
 
         def finish() -> None:
@@ -161,7 +176,7 @@ class Kaimon:
             )
 
         execution.on_done.append(finish)
-        return block_id
+        return execution, block_id
 
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
         """Make ``execution`` a background job: stored, followed to its end, never lost."""

@@ -286,8 +286,9 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
         it with check_eval."""
         try:
             target, note = await kaimon.session_for(session)
-            execution = target.execute(code, max_output=max_output, quiet=quiet)
-            block_id = await kaimon.record_block(target, execution)
+            execution, block_id = await kaimon.record_block(
+                target, code, lambda: target.execute(code, max_output=max_output, quiet=quiet)
+            )
         except KaimonError as err:
             return text_result(str(err), error=True)
         try:

@@ -503,3 +503,25 @@ def test_the_gate_reads_recent_jobs_without_a_server(tmp_path: Path) -> None:
     store.add(job("ab", "completed"))
     store.close()
     assert [j.id for j in _jobs.recent_jobs(path=path)] == ["ab"]
+
+
+def test_a_block_start_cancelled_midway_leaves_no_block_running(tmp_path: Path) -> None:
+    db = Database(tmp_path / "jobs.sqlite3")
+    store = BlockStore(db, tmp_path / "blocks")
+    gate = threading.Event()
+    db.post(lambda c: gate.wait(30), "hold the store's thread")
+
+    async def cancelled_start() -> list[Block]:
+        task = asyncio.create_task(store.start("k", "x = 1"))
+        await asyncio.sleep(0)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await db.flush()
+        await db.flush()  # the abandoned block's outcome was queued after its start
+        return await store.history("k", 5)
+
+    history = asyncio.run(cancelled_start())
+    db.close()
+    assert [b.status for b in history] == ["not run"]

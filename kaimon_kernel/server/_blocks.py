@@ -167,11 +167,21 @@ class BlockStore:
                 raise
             return fd
 
-        fd = await self.db.run(start, f"recording a block in {self.directory}")
+        future = self.db.submit(start, f"recording a block in {self.directory}")
+        try:
+            fd = await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:  # the caller gave up: the code will not run
+            future.add_done_callback(lambda f: self._abandon(block_id, f))
+            raise
         self._started += 1
         if self._started % EVICT_EVERY == 1:
             self.db.post(self._evict, "evicting old blocks")
         return block_id, BlockWriter(path, fd)
+
+    def _abandon(self, block_id: str, started: concurrent.futures.Future[int]) -> None:
+        if not started.cancelled() and started.exception() is None:
+            os.close(started.result())
+            self.finish(block_id, status="not run")
 
     def finish(self, block_id: str, **fields: Any) -> None:
         """Queue the block's outcome (status, duration, chars, error, images)."""

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from .._errors import StoreError
 
-__all__ = ["MIGRATIONS", "Database", "secure_dir"]
+__all__ = ["MIGRATIONS", "Database", "migrate", "prefix_range", "secure_dir"]
 
 logger = logging.getLogger(__name__)
 

@@ -358,10 +358,9 @@ def notebook_chunks(
     yield b" ],\n" + json.dumps(tail, indent=1, sort_keys=True)[2:].encode() + b"\n"
 
 
-def write_new_file(
-    target: Path, data: bytes | Iterable[bytes], overwrite: bool = False
-) -> None:
-    """Write ``data`` (bytes, or pieces of them) at ``target`` (absolute, symlinks resolved) as the person's own file.
+def write_new_file(target: Path, data: bytes | Iterable[bytes], overwrite: bool = False) -> None:
+    """Write ``data`` (bytes, or pieces of them) at ``target`` (absolute, symlinks resolved)
+    as the person's own file.
 
     The bytes go to a temporary file in the target's folder, then take the name in one
     step: ``os.link`` (fails if the name exists: nothing is replaced) or, with

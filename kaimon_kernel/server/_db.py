@@ -243,6 +243,16 @@ class Database:
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+        while True:  # asked for as the store closed: say so rather than never answer
+            try:
+                fn, future, what = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            closed = StoreError(f"the store {self.path} is closed; not done: {what}")
+            if future is not None:
+                future.set_exception(closed)
+            elif fn is not _STOP:
+                self._keep(closed)
 
     def _keep(self, error: StoreError) -> None:
         logger.error("kaimon store: %s", error)

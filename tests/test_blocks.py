@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kaimon_kernel.server import _blocks
+from kaimon_kernel.server._db import Database
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> _blocks.BlockStore:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_blocks.BlockStore]:
     root: Path = tmp_path_factory.mktemp("blocks")
-    db = sqlite3.connect(root / "blocks.sqlite3", isolation_level=None)
-    db.row_factory = sqlite3.Row
-    return _blocks.BlockStore(db, root / "files")
+    db = Database(root / "blocks.sqlite3")
+    yield _blocks.BlockStore(db, root / "files")
+    db.close()
 
 
 @settings(max_examples=300, deadline=None)
@@ -39,23 +40,25 @@ def test_a_page_is_the_slice_of_the_whole_output(
     finished: bool,
     small_chunks: None,
 ) -> None:
-    saved = _blocks.BLOCK_MAX_CHARS
-    _blocks.BLOCK_MAX_CHARS = saved if bound is None else bound
-    try:
-        block_id, writer = store.start("k", "print(...)")
-        writer.write(text)
-        writer.close()
-    finally:
-        _blocks.BLOCK_MAX_CHARS = saved
-    if finished:  # a finished block's length comes from its row, a running one's from the file
-        store.finish(block_id, status="ok", chars=writer.chars)
+    async def page() -> tuple[str, int]:
+        saved = _blocks.BLOCK_MAX_CHARS
+        _blocks.BLOCK_MAX_CHARS = saved if bound is None else bound
+        try:
+            block_id, writer = await store.start("k", "print(...)")
+            writer.write(text)
+            writer.close()
+        finally:
+            _blocks.BLOCK_MAX_CHARS = saved
+        if finished:  # a finished block's length comes from its row, a running one's from the file
+            store.finish(block_id, status="ok", chars=writer.chars)
+        block = await store.get(block_id)
+        assert block is not None
+        return await store.read(block, offset, limit)
+
     kept = text.encode("utf-8", "replace").decode("utf-8")
     if bound is not None and len(kept) > bound:
         kept = kept[:bound] + f"\n… [{len(kept) - bound:,} more characters were not kept] …\n"
-    block = store.get(block_id)
-    assert block is not None
-    page, total = store.read(block, offset, limit)
-    assert (page, total) == (kept[offset : offset + limit], len(kept))
+    assert asyncio.run(page()) == (kept[offset : offset + limit], len(kept))
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
-from conftest import PersonKernel, stdio_client, text_of
+from conftest import stdio_client, text_of
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.anyio
@@ -40,8 +42,9 @@ async def test_history_and_read_block_page_through_a_multi_megabyte_output(perso
 
 
 async def test_export_notebook_writes_a_valid_notebook_that_reruns(
-    person: PersonKernel, tmp_path: Path
+    make_person: Any, tmp_path: Path
 ) -> None:
+    make_person("--label person", cwd=tmp_path)
     target = tmp_path / "agent.ipynb"
     async with stdio_client(cwd=tmp_path) as client:
         await client.call_tool("ex", {"code": "numbers = [1, 2, 3]"})
@@ -59,3 +62,48 @@ async def test_export_notebook_writes_a_valid_notebook_that_reruns(
     del nb.cells[2]  # re-run what succeeded
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
     assert nb.cells[1].outputs[0].text == "6\n"
+
+
+async def test_export_notebook_writes_in_the_sessions_folder_and_replaces_only_when_asked(
+    make_person: Any, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / "folder.ipynb").mkdir(parents=True)
+    make_person("--label nb", cwd=project)
+    calls = {
+        "first": {"path": "agent.ipynb"},
+        "again": {"path": "agent.ipynb"},
+        "forced": {"path": "agent.ipynb", "overwrite": True},
+        "nul": {"path": "a\0b.ipynb"},
+        "long": {"path": "x" * 300 + ".ipynb"},
+        "folder": {"path": "folder.ipynb"},
+    }
+    async with stdio_client(cwd=tmp_path) as client:  # the server's folder is not the session's
+        await client.call_tool("ex", {"code": "x = 1"})
+        results = {name: await client.call_tool("export_notebook", a) for name, a in calls.items()}
+    text = {name: text_of(r) for name, r in results.items()}
+    assert not results["first"].is_error and not results["forced"].is_error, text
+    assert (project / "agent.ipynb").exists() and not (tmp_path / "agent.ipynb").exists()
+    assert results["again"].is_error and "already exists; pass overwrite=true" in text["again"]
+    assert "NUL byte" in text["nul"]
+    assert "at most 255" in text["long"]
+    assert "is a folder" in text["folder"]
+    assert all(results[n].is_error for n in ("nul", "long", "folder"))
+
+
+async def test_code_that_cannot_be_recorded_is_not_run_and_the_agent_is_told(person) -> None:
+    blocks = Path(os.environ["JUPYTER_DATA_DIR"]) / "kaimon" / "blocks"
+    async with stdio_client() as client:
+        await client.call_tool("ex", {"code": "counter = 0"})
+        aside = blocks.with_name("blocks-aside")
+        blocks.rename(aside)
+        blocks.write_text("a file where the blocks folder was")
+        try:
+            tries = [await client.call_tool("ex", {"code": "counter += 1"}) for _ in range(3)]
+        finally:
+            blocks.unlink()
+            aside.rename(blocks)
+        after = await client.call_tool("ex", {"code": "counter"})
+    for result in tries:
+        assert result.is_error and "the code was not run" in text_of(result), text_of(result)
+    assert text_of(after).strip() == "0"

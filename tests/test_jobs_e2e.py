@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,8 +13,6 @@ import pytest
 from conftest import HttpServer, PersonKernel, stdio_client, text_of
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-
-from kaimon_kernel.server._jobs import JobStore
 
 pytestmark = pytest.mark.anyio
 
@@ -190,56 +187,8 @@ async def test_fifty_concurrent_jobs_across_three_kernels_none_lost_or_mixed(mak
         assert not any(f"job-{j}\n" in text for j in range(50) if j != i)
 
 
-def test_a_corrupt_job_store_is_moved_aside(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    path.write_bytes(b"this is not a database" * 100)
-    store = JobStore(path)
-    assert store.list() == []
-    store.close()
-    assert list(tmp_path.glob("jobs.sqlite3.corrupt-*"))
-
-
 def test_stash_outside_an_agent_evaluation_says_so_once(person: PersonKernel) -> None:
     _, first = person.run("import kaimon_kernel\nkaimon_kernel.stash('x', 1)")
     _, second = person.run("kaimon_kernel.stash('x', 2)")
     assert "outside an agent's evaluation" in first
     assert second == ""
-
-
-def test_two_stores_on_one_file_write_side_by_side(tmp_path: Path) -> None:
-    import threading
-    import time as _time
-
-    from kaimon_kernel.server._jobs import Job
-
-    path = tmp_path / "jobs.sqlite3"
-    stores = [JobStore(path), JobStore(path)]
-
-    def write(store: JobStore, prefix: str) -> None:
-        for i in range(100):
-            job_id = f"{prefix}{i:03d}"
-            store.add(
-                Job(
-                    id=job_id,
-                    msg_id=job_id,
-                    session_key="k",
-                    session_id="s",
-                    kernel_pid=1,
-                    code="1",
-                    status="running",
-                    created_at=_time.time(),
-                )
-            )
-            store.update(job_id, status="completed", finished_at=_time.time())
-
-    threads = [
-        threading.Thread(target=write, args=(s, p)) for s, p in zip(stores, "ab", strict=True)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    counts = stores[0].stats()["counts"]
-    for s in stores:
-        s.close()
-    assert counts == {"completed": 200}

@@ -132,13 +132,9 @@ def _print_jobs(session_id: str | None) -> None:
     """The agent's background jobs, newest first, from the server's job store."""
     import time
 
-    from ..server._jobs import JobStore
+    from ..server._jobs import recent_jobs
 
-    store = JobStore()
-    try:
-        jobs = [j for j in store.list(limit=200) if session_id in (None, j.session_id)][:20]
-    finally:
-        store.close()
+    jobs = [j for j in recent_jobs(200) if session_id in (None, j.session_id)][:20]
     if not jobs:
         print("kaimon: no background jobs" + (" in this session" if session_id else ""))
         return

@@ -3,72 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from .._config import allowed_projects
 from .._errors import KaimonError
-from ._blocks import Block
 from ._core import Kaimon
 from ._results import text_result
 
-if TYPE_CHECKING:
-    # Imported where used: nbformat loads jsonschema's format checkers, which take 1.5 s
-    # where rfc3987-syntax is installed (next to JupyterLab), on every `kaimon serve` start.
-    import nbformat
-
-__all__ = ["add_block_tools", "blocks_to_notebook"]
-
-EXPORT_OUTPUT_CHARS = 200_000
+__all__ = ["add_block_tools"]
 
 
 def _first_line(code: str) -> str:
     return (code.strip().splitlines() or [""])[0][:70]
-
-
-def blocks_to_notebook(
-    blocks: list[Block], read: Callable[[Block, int, int], tuple[str, int]]
-) -> nbformat.NotebookNode:
-    """The blocks as a notebook: one code cell each, with its (bounded) output."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for count, block in enumerate(blocks, start=1):
-        cell = nbformat.v4.new_code_cell(block.code, execution_count=count)
-        text, total = read(block, 0, EXPORT_OUTPUT_CHARS)
-        if total > EXPORT_OUTPUT_CHARS:
-            text += f"\n… [{total - EXPORT_OUTPUT_CHARS:,} more characters in block {block.id}]"
-        if text:
-            cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=text))
-        for image in block.images:
-            cell.outputs.append(
-                nbformat.v4.new_output(
-                    "display_data", data={image["mime"]: image["data"], "text/plain": "<image>"}
-                )
-            )
-        if block.error:
-            ename, _, evalue = block.error.partition(": ")
-            cell.outputs.append(
-                nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])
-            )
-        cell.metadata["kaimon"] = {
-            "block_id": block.id,
-            "who": block.who,
-            "status": block.status,
-            "duration": block.duration,
-        }
-        nb.cells.append(cell)
-    return nb
 
 
 def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
@@ -86,7 +35,10 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         limit: Annotated[int, Field(ge=1, le=500)] = 20,
     ) -> CallToolResult:
         """The agent's recent blocks (one per ex), newest first, one line each."""
-        blocks = kaimon.blocks.history(session_key(session), limit)
+        try:
+            blocks = await kaimon.blocks.history(session_key(session), limit)
+        except KaimonError as err:
+            return text_result(str(err), error=True)
         rows = [
             {
                 "block_id": b.id,
@@ -114,7 +66,12 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         limit: Annotated[int, Field(ge=1, le=100_000, description="characters to return")] = 4000,
     ) -> CallToolResult:
         """A page of a block's full output (characters offset .. offset+limit)."""
-        found = kaimon.blocks.find(block_id.strip())
+        try:
+            found = await kaimon.blocks.find(block_id.strip())
+            if len(found) == 1:
+                text, total = await kaimon.blocks.read(found[0], offset, limit)
+        except KaimonError as err:
+            return text_result(str(err), error=True)
         if len(found) != 1:
             return text_result(
                 f"no block has id {block_id!r}; see history"
@@ -123,7 +80,6 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 error=True,
             )
         block = found[0]
-        text, total = kaimon.blocks.read(block, offset, limit)
         end = offset + len(text)
         more = f"; next: read_block(block_id={block.id!r}, offset={end})" if end < total else ""
         span = f"characters {offset:,}-{end:,} of {total:,}"
@@ -142,38 +98,20 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     @mcp.tool()
     async def export_notebook(
         path: Annotated[
-            str, Field(description="where to write the .ipynb (in an allowed project)")
+            str,
+            Field(
+                description="where to write the .ipynb (in an allowed project); a relative "
+                "path is in the session's folder"
+            ),
         ],
         session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+        overwrite: Annotated[
+            bool, Field(description="replace the file if it exists (else it is an error)")
+        ] = False,
     ) -> CallToolResult:
         """Write the agent's blocks of a session as a real .ipynb the person can open and re-run."""
-        try:
-            key = session_key(session) or kaimon.registry.resolve(None).key
-        except KaimonError as err:
-            return text_result(str(err), error=True)
-        target = Path(path).expanduser()
-        if not target.is_absolute():
-            target = Path(kaimon.options.cwd) / target
-        target = target.resolve()
-        roots = [Path(kaimon.options.cwd).resolve(), *(p.resolve() for p in allowed_projects())]
-        if target.suffix != ".ipynb":
-            return text_result(f"{target} must end in .ipynb", error=True)
-        if not any(target.parent == r or r in target.parents for r in roots):
-            return text_result(
-                f"{target} is outside the allowed projects; the person can allow a directory "
-                "with `kaimon projects add DIR`",
-                error=True,
-            )
-        blocks = list(reversed(kaimon.blocks.history(key, 10_000)))
-        if not blocks:
-            return text_result(f"session {key} has no blocks to export", error=True)
-        import nbformat
-
-        nb = blocks_to_notebook(blocks, kaimon.blocks.read)
-        nbformat.validate(nb)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, str(target))
+        key, target, cells = await kaimon.export_notebook(session, path, overwrite=overwrite)
         return text_result(
-            f"wrote {len(blocks)} blocks of session {key} to {target}",
-            structured={"path": str(target), "cells": len(blocks)},
+            f"wrote {cells} blocks of session {key} to {target}",
+            structured={"path": str(target), "cells": cells},
         )

@@ -19,8 +19,10 @@ from pathlib import Path
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
 from .._output import OutputCapture
+from .._paths import data_dir
 from .._protocol import ToolSpec
 from ._blocks import BlockStore
+from ._db import Database
 from ._events import (
     EventBus,
     ExecutionFinished,
@@ -32,6 +34,7 @@ from ._events import (
 from ._execution import Execution
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import KernelSession
+from ._policy import allowed_roots, export_target
 from ._sessions import Registry
 from .providers import LaunchRequest, reap_orphans
 
@@ -40,7 +43,9 @@ __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"
 JOB_SAVE_INTERVAL = 2.0
 INTERRUPT_WAIT = 10.0
 START_TIMEOUT = 60.0
+EXPORT_MAX_BLOCKS = 10_000
 RESTART_TIMEOUT = 60.0
+EXPORT_MAX_BLOCKS = 10_000
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
 
@@ -122,8 +127,9 @@ class Kaimon:
         self.registry = registry or Registry()
         self.bus: EventBus = self.registry.bus
         self.evals: dict[str, TrackedEval] = {}
-        self.jobs = JobStore()
-        self.blocks = BlockStore(self.jobs.db)
+        self.store = Database(data_dir() / "jobs.sqlite3")
+        self.jobs = JobStore(self.store)
+        self.blocks = BlockStore(self.store)
         self._start_lock = asyncio.Lock()
         self._job_tasks: set[asyncio.Task[None]] = set()
         #: Namespace suffixes by session key, kept for the server's life (stable over restarts).
@@ -147,7 +153,7 @@ class Kaimon:
                 job_task.cancel()
             await self.registry.local.close()
             await self.registry.close()
-            self.jobs.close()
+            await self.store.aclose()
 
     def _spawn(self, coro: object, name: str) -> None:
         task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -275,6 +281,27 @@ class Kaimon:
             "same key."
         )
 
+    async def export_notebook(
+        self, session: str | None, path: str, *, overwrite: bool = False
+    ) -> tuple[str, Path, int]:
+        """Write a session's blocks as a notebook; returns its key, the file and the cells.
+
+        A relative ``path`` is in the session's folder; the file must be in an allowed
+        project, and an existing one is replaced only with ``overwrite``."""
+        try:
+            live = self.registry.resolve(session)
+            key, base = live.key, Path(live.info.cwd)
+        except KaimonError:
+            if session is None:
+                raise
+            key, base = session, None  # a session that is gone: its key names its blocks
+        target = export_target(path, base, allowed_roots(self.options.cwd))
+        blocks = list(reversed(await self.blocks.history(key, EXPORT_MAX_BLOCKS)))
+        if not blocks:
+            raise JobNotFound(f"session {key} has no blocks to export (run some code first)")
+        await self.blocks.export(blocks, target, overwrite)
+        return key, target, len(blocks)
+
     # -- executions --------------------------------------------------------------------------
 
     async def execute(
@@ -284,17 +311,14 @@ class Kaimon:
         target, note = await self.session_for(session)
         target.usable()
         try:
-            block_id, writer = self.blocks.start(target.key, code)
-        except (OSError, StoreError) as err:
-            raise StoreError(
-                f"the code was NOT run: kaimon could not record it ({err}). Check that "
-                f"{self.blocks.directory} is writable, then try again."
-            ) from None
+            block_id, writer = await self.blocks.start(target.key, code)
+        except StoreError as err:
+            raise StoreError(f"the code was NOT run: {err}") from err
         try:
             execution = target.execute(code, max_output=max_output, quiet=quiet)
         except BaseException:
             writer.close()
-            self.blocks.finish(block_id, status="error", duration=0.0, chars=0)
+            self.blocks.finish(block_id, status="not run")
             raise
         execution.capture.sink = writer.write
         run = Run(target, execution, block_id, note)
@@ -409,7 +433,7 @@ class Kaimon:
     async def recover_jobs(self) -> None:
         """After a restart: re-attach jobs whose kernel still runs; the rest become lost."""
         groups: dict[tuple[str, int], list[Job]] = {}
-        for job in self.jobs.running():
+        for job in await self.jobs.running():
             groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
         for (session_id, pid), jobs in groups.items():
             session = next(
@@ -520,18 +544,18 @@ class Kaimon:
         )
         return "interrupt sent, but the code has not stopped yet"
 
-    def find_job(self, eval_id: str) -> Job:
+    async def find_job(self, eval_id: str) -> Job:
         """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
         eval_id = eval_id.strip()
         if not eval_id:
             raise JobNotFound("eval_id is empty; use the id an `ex` reply gave (eval_id: …)")
         if not all(c in "0123456789abcdef" for c in eval_id.lower()):
             raise JobNotFound(f"{eval_id!r} is not an eval id (ids are hex, like 3f9a1c02be71)")
-        found = self.jobs.find(eval_id.lower())
+        found = await self.jobs.find(eval_id.lower())
         if len(found) == 1 or (found and found[0].id == eval_id):
             return found[0]
         if not found:
-            recent = ", ".join(j.id for j in self.jobs.list(limit=5)) or "none yet"
+            recent = ", ".join(j.id for j in await self.jobs.list(limit=5)) or "none yet"
             raise JobNotFound(f"no job has id {eval_id!r}; recent ids: {recent}")
         raise JobNotFound(
             f"{eval_id!r} matches {len(found)}+ jobs ({', '.join(j.id for j in found)}); "

@@ -26,6 +26,7 @@ __all__ = [
     "allowed_roots",
     "check_within",
     "clean_path",
+    "export_target",
     "folder_problem",
     "is_within",
     "refuse_unknown_arguments",
@@ -185,3 +186,15 @@ def refuse_unknown_arguments(tool: Tool | None, arguments: Mapping[str, Any]) ->
             f"{tool.name}: unknown argument{'s' if len(unknown) > 1 else ''} {names}; "
             f"{tool.name} accepts: {', '.join(accepted) or '(no arguments)'}"
         )
+
+
+def export_target(raw: str, base: Path | None, roots: Sequence[Path]) -> Path:
+    """Where an export of ``raw`` may write: resolved against ``base`` (the session's folder;
+    None refuses a relative path), a file name ending in .ipynb, inside ``roots``."""
+    target = clean_path(raw, base, "the export path")
+    if target.is_dir():
+        raise BadPath(f"{target} is a folder; give a file name ending in .ipynb inside it")
+    if target.suffix != ".ipynb":
+        raise BadPath(f"{target} must end in .ipynb")
+    check_within(target.parent, roots, "write into")
+    return target

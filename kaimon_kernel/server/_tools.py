@@ -132,7 +132,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     ) -> CallToolResult:
         """Status, elapsed time, stash, last progress and output so far of a background job;
         the full result once it is done."""
-        job = kaimon.find_job(eval_id)
+        job = await kaimon.find_job(eval_id)
         view = _job_view(kaimon, job)
         return CallToolResult(
             content=[TextContent(type="text", text=view.pop("text"))],
@@ -146,7 +146,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     ) -> CallToolResult:
         """Cancel a background job: first the cooperative flag (kaimon_kernel.is_cancelled()),
         then, if the code has not stopped after the grace period, a real kernel interrupt."""
-        job = kaimon.find_job(eval_id)
+        job = await kaimon.find_job(eval_id)
         tracked = kaimon.evals.get(job.id)
         if tracked is None or tracked.execution.done.is_set():
             status = _job_view(kaimon, job)["status"]
@@ -155,7 +155,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 structured={"eval_id": job.id, "status": status},
             )
         how = await kaimon.cancel(tracked)
-        view = _job_view(kaimon, kaimon.jobs.get(job.id) or job)
+        view = _job_view(kaimon, await kaimon.jobs.get(job.id) or job)
         return text_result(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
 
     @mcp.tool()
@@ -168,7 +168,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         stats: Annotated[bool, Field(description="add counts per status and durations")] = False,
     ) -> CallToolResult:
         """Background jobs (evaluations that outlived their ex call), newest first."""
-        jobs = kaimon.jobs.list(status, limit)
+        jobs = await kaimon.jobs.list(status, limit)
         rows = []
         for job in jobs:
             first = (job.code.strip().splitlines() or [""])[0][:60]
@@ -188,7 +188,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         ] or ["no jobs"]
         structured: dict[str, Any] = {"jobs": rows}
         if stats:
-            structured["stats"] = kaimon.jobs.stats()
+            structured["stats"] = await kaimon.jobs.stats()
             lines.append(f"stats: {structured['stats']}")
         return text_result("\n".join(lines), structured=structured)
 

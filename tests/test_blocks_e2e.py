@@ -53,7 +53,7 @@ async def test_export_notebook_writes_a_valid_notebook_that_reruns(
         exported = await client.call_tool("export_notebook", {"path": "agent.ipynb"})
         outside = await client.call_tool("export_notebook", {"path": "/etc/agent.ipynb"})
     assert not exported.is_error, text_of(exported)
-    assert outside.is_error and "outside the allowed projects" in text_of(outside)
+    assert outside.is_error and "not in an allowed project" in text_of(outside)
     nb = nbformat.read(target, as_version=4)
     nbformat.validate(nb)
     assert [c.source for c in nb.cells] == ["numbers = [1, 2, 3]", "print(sum(numbers))", "1 / 0"]
@@ -86,7 +86,7 @@ async def test_export_notebook_writes_in_the_sessions_folder_and_replaces_only_w
     assert (project / "agent.ipynb").exists() and not (tmp_path / "agent.ipynb").exists()
     assert results["again"].is_error and "already exists; pass overwrite=true" in text["again"]
     assert "NUL byte" in text["nul"]
-    assert "at most 255" in text["long"]
+    assert "limited to 255" in text["long"]
     assert "is a folder" in text["folder"]
     assert all(results[n].is_error for n in ("nul", "long", "folder"))
 

@@ -313,7 +313,7 @@ class Kaimon:
         try:
             block_id, writer = await self.blocks.start(target.key, code)
         except StoreError as err:
-            raise StoreError(f"the code was NOT run: {err}") from err
+            raise StoreError(f"the code was not run: {err}") from err
         try:
             execution = target.execute(code, max_output=max_output, quiet=quiet)
         except BaseException:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from kaimon_kernel import ProtocolMismatch
 from kaimon_kernel._protocol import (
-    PROTOCOL_VERSION,
+    PROTOCOL_MAJOR,
     Refused,
     SessionInfo,
     Welcome,
@@ -27,7 +27,7 @@ def test_gate_messages_parse_by_type_and_reject_garbage() -> None:
     assert isinstance(refused, Refused)
     with pytest.raises(ValidationError):
         parse_gate_message({"type": "surprise"})
-    assert Welcome.model_fields["protocol_version"].default == PROTOCOL_VERSION
+    assert Welcome.model_fields["protocol_version"].default == PROTOCOL_MAJOR
 
 
 @pytest.mark.anyio

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import KaimonError, SessionNotFound
@@ -277,14 +278,35 @@ class Kaimon:
 
     async def _cancel(self, tracked: TrackedEval) -> str:
         execution, session = tracked.execution, tracked.session
-        session.cancel_eval(execution)
-        if execution.started_at is None and session.state == "ready":
-            # Still queued: the gate skips it when its turn comes. An interrupt now would
-            # stop whatever runs instead (another job, the person's cell).
+        grace = self.options.cancel_grace
+
+        async def ask_gate() -> Any:  # EvalCancelled, or None when the gate did not answer
+            with contextlib.suppress(KaimonError):
+                return await session.cancel_eval(execution, timeout=max(grace, 0.5))
+            return None
+
+        # The gate knows where the job is; this server's view of it may be stale.
+        answer = await ask_gate()
+        if answer is None:  # the gate could not say (gone, or busy without a subshell)
+            state = "queued" if execution.started_at is None else "running"
+        else:
+            state = answer.state
+        if state == "queued":
+            # The gate skips it when its turn comes. An interrupt now would stop whatever
+            # runs instead (another job, the person's cell).
             execution.fail("cancelled", "cancelled by the agent before it started")
             return "it had not started; it will not run"
-        if await _wait(execution, self.options.cancel_grace):
+        if state == "finished":
+            execution.cancel_requested = False  # it ended by itself: keep its outcome
+            await _wait(execution, INTERRUPT_WAIT)
+            return "it had already finished"
+        if await _wait(execution, grace):
             return "it stopped cooperatively"
+        # Interrupt only while this job is the one running: the gate says so, now.
+        again = await ask_gate()
+        if again is not None and again.state != "running":
+            await _wait(execution, INTERRUPT_WAIT)
+            return "it stopped by itself just as the grace period ended"
         how = await session.interrupt()
         if await _wait(execution, INTERRUPT_WAIT):
             return f"it ignored the flag, so the kernel was interrupted ({how})"

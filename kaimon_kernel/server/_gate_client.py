@@ -130,6 +130,7 @@ class GateClient:
         self._pending: dict[str, _Waiter] = {}
         self._hello: asyncio.Future[Welcome] | None = None
         self._error: type[KaimonError] = KaimonError  # what requests raise once it is over
+        self._over = False
         # ipykernel's way: one handler per message type, found by name
         self._handlers: dict[str, Callable[[Any], None]] = {
             kind: getattr(self, f"_on_{kind}")
@@ -379,9 +380,11 @@ class GateClient:
     def fail_all(self, reason: str, error: type[KaimonError] = DeadKernelError) -> None:
         """The comm is over: every waiting request raises ``error(reason)``, every tool call
         ends with an error result, and listeners get :class:`GateClosed`."""
-        if self.state == "closed":
+        if self._over:
             return
-        self.state, self.problem, self._error = "closed", reason, error
+        self._over = True
+        if self.state != "refused":  # a refusal says more than the comm closing after it
+            self.state, self.problem, self._error = "closed", reason, error
         self.welcomed.set()
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(error(reason))

@@ -26,13 +26,21 @@ pytestmark = pytest.mark.anyio
 # -- defect 2: serving again reaches servers already connected ---------------------------------
 
 
-async def test_after_the_person_forbids_restarts_a_restart_is_refused_at_once(make_person) -> None:
+@pytest.mark.parametrize(
+    "serve_again",
+    [
+        "%kaimon serve --label guarded --no-restart",
+        "import kaimon_kernel\n_ = kaimon_kernel.serve(label='guarded', allow_restart=False)",
+    ],
+)
+async def test_after_the_person_forbids_restarts_a_restart_is_refused_at_once(
+    make_person, serve_again: str
+) -> None:
     person = make_person("--label guarded")
     async with stdio_client("--no-auto-start") as client:
         before = await client.call_tool("list_sessions", {})
         (row,) = before.structured_content["sessions"]
-        code = "import kaimon_kernel\n_ = kaimon_kernel.serve(allow_restart=False)"
-        status, out = person.run(code)
+        status, out = person.run(serve_again)
         assert status == "ok", out
         restart = await client.call_tool("manage_repl", {"command": "restart"})
     assert restart.is_error, text_of(restart)
@@ -141,10 +149,19 @@ def test_status_forgets_a_server_that_was_killed(make_person) -> None:
     try:
         listed = f"kaimon server pid {server.pid}"
         wait_until(lambda: listed in person.run("%kaimon status")[1], what="the server to connect")
+        assert subshells(person) == 1  # the server's, for its gate traffic
     finally:
         server.send_signal(signal.SIGKILL)  # no clean disconnect: no comm_close ever comes
         server.wait()
     assert listed not in person.run("%kaimon status")[1]
+    wait_until(lambda: subshells(person) == 0, what="the dead server's subshell to go")
+
+
+def subshells(person: PersonKernel) -> int:
+    code = "len(get_ipython().kernel.shell_channel_thread.manager.list_subshell())"
+    status, out = person.run(code)
+    assert status == "ok", out
+    return int(out)
 
 
 def _open_comm(person: PersonKernel) -> tuple[str, Welcome]:

@@ -238,6 +238,23 @@ async def test_a_gate_one_minor_version_ahead_still_works_and_a_major_apart_is_r
     assert other.state == "refused"
 
 
+async def test_a_server_one_minor_version_ahead_is_welcomed_and_spoken_to_in_common_features(
+    gate: Gate,
+) -> None:
+    w = Wire(gate.shell.kernel)
+    hello = Hello(server=ProcessIdentity.current()).model_dump(mode="json")
+    w.send_raw(
+        hello | {"protocol_minor": 9, "features": ["tool_calls", "telepathy"], "mood": "good"},
+        opening=True,
+    )
+    await until(lambda: w.events, "the welcome")
+    assert isinstance(w.events[0], Welcome)
+    assert gate.servers[w.comm.comm_id].features == {"tool_calls"}
+    gate.serve(label="changed")  # not announced to a server that did not ask for it
+    await w.client.get_info(DEADLINE)  # a barrier: whatever the gate sent before has arrived
+    assert not any(isinstance(e, SessionChanged) for e in w.events)
+
+
 # -- requests and replies ----------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ipykernel.kernelbase import Kernel
 
@@ -35,6 +35,7 @@ from .._protocol import (
     CancelEval,
     EvalCancelled,
     EvalQuery,
+    Hello,
     EvalRecords,
     InfoQuery,
     InfoReply,
@@ -44,6 +45,7 @@ from .._protocol import (
     Reply,
     Request,
     ResumeMarker,
+    ServerMessage,
     SessionChanged,
     SessionInfo,
     SetInfo,
@@ -91,17 +93,19 @@ class ServerLink:
     comm: Any
     #: The optional protocol parts both sides speak.
     features: frozenset[str] = PROTOCOL_FEATURES
+    #: The kernel subshell its messages come through (ipykernel 7), if any.
+    subshell_id: str | None = None
 
     @property
     def server_pid(self) -> int:
         return self.server.pid
 
 
-#: What the gate does with each request, by its ``type`` (the handler is ``Gate._on_<type>``).
+#: Every request a server may send, by its ``type``; ``Gate._on_<type>`` handles it.
 REQUESTS: dict[str, type[Request]] = {
     cls.model_fields["type"].default: cls
-    for cls in (CallTool, CancelCall, CancelEval, EvalQuery, SetInfo, InfoQuery, SetOption,
-                JobPromoted)
+    for cls in get_args(get_args(ServerMessage)[0])
+    if cls is not Hello  # the comm_open, answered by the comm target itself
 }
 
 
@@ -344,8 +348,10 @@ class Gate:
             send(comm, Refused(request_id=request_id, reason=reason, error=reason))
             comm.close()
             return
-        features = frozenset(hello.features) & PROTOCOL_FEATURES  # type: ignore[attr-defined]
-        link = ServerLink(hello.server, time.time(), comm, features)  # type: ignore[attr-defined]
+        assert isinstance(hello, Hello)
+        features = frozenset(hello.features) & PROTOCOL_FEATURES
+        subshell_id = (msg.get("header") or {}).get("subshell_id")
+        link = ServerLink(hello.server, time.time(), comm, features, subshell_id)
         self.servers[comm.comm_id] = link
         comm.on_close(lambda _msg: self.servers.pop(comm.comm_id, None))
         comm.on_msg(lambda msg: self._on_comm_msg(link, msg))
@@ -513,6 +519,8 @@ class Gate:
                 link.comm.close()
             except Exception:
                 logger.debug("closing comm failed", exc_info=True)
+            if link.subshell_id:
+                _delete_subshell(link.subshell_id)
         return live
 
     def status_text(self) -> str:
@@ -534,6 +542,28 @@ class Gate:
         else:
             lines.append("  no kaimon server has connected yet (start one with `kaimon serve`)")
         return "\n".join(lines)
+
+
+def _delete_subshell(subshell_id: str) -> None:
+    """Ask this kernel, as any client would, to drop the subshell of a server that is gone
+    (the server would have, had it closed cleanly). In a thread: it waits for the reply."""
+
+    def work() -> None:
+        from jupyter_client import BlockingKernelClient
+
+        client = BlockingKernelClient(connection_file=_connection_file())
+        try:
+            client.load_connection_file()
+            client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+            msg = client.session.msg("delete_subshell_request", {"subshell_id": subshell_id})
+            client.control_channel.send(msg)
+            client.control_channel.get_msg(timeout=10)
+        except Exception as err:
+            logger.info("kaimon: could not delete subshell %s: %s", subshell_id, err)
+        finally:
+            client.stop_channels()
+
+    threading.Thread(target=work, name="kaimon-drop-subshell", daemon=True).start()
 
 
 _gate: Gate | None = None

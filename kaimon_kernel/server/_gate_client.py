@@ -204,6 +204,8 @@ class GateClient:
         logger.info("ignoring a %r message from the gate of %s", kind, self.name)
 
     def _on_welcome(self, message: Welcome) -> None:
+        if self._over:  # too late: the comm is over
+            return
         peer = f"{message.protocol_version}.{message.protocol_minor}"
         try:
             check_protocol(peer, who=f"the gate of {self.name}")

@@ -25,7 +25,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import KernelManager
 from mcp import Client, StdioServerParameters
 
-from kaimon_kernel._protocol import COMM_TARGET, CallTool, Hello
+from kaimon_kernel._protocol import COMM_TARGET, CallTool, Hello, ProcessIdentity
 
 SERVE = (
     "import kaimon_kernel\n"
@@ -57,7 +57,7 @@ class RawComm:
     async def __aenter__(self) -> RawComm:
         self.kc.start_channels()
         await self.kc.wait_for_ready(timeout=30)
-        hello = Hello(server_pid=os.getpid()).model_dump()
+        hello = Hello(server=ProcessIdentity.current()).model_dump(mode="json")
         content = {"comm_id": self.comm_id, "target_name": COMM_TARGET, "data": hello}
         self.kc.shell_channel.send(self.kc.session.msg("comm_open", content))
         await self._next_gate_message("welcome")
@@ -75,7 +75,7 @@ class RawComm:
     async def once(self) -> float:
         while await self.kc.iopub_channel.msg_ready():  # other paths' traffic: untimed
             await self.kc.get_iopub_msg(timeout=1)
-        call = CallTool(call_id=uuid.uuid4().hex, name="noop").model_dump()
+        call = CallTool(name="noop").model_dump(mode="json")
         t = time.perf_counter()
         self.kc.shell_channel.send(
             self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": call})

@@ -3,10 +3,27 @@
 Every message either side sends the other is a model defined here; neither side builds dicts
 by hand. Session files are :class:`SessionInfo`; comm messages on :data:`COMM_TARGET` are the
 ``ServerMessage`` / ``GateMessage`` unions, told apart by their ``type`` field.
+
+Requests and replies: every server → gate message is a :class:`Request` with an ``id``, and
+the gate answers each one with a :class:`Reply` carrying that id as ``request_id`` (a typed
+one where there is something to say, else :class:`Ack`; ``ok=False`` plus ``error`` when it
+could not do it). :class:`CallTool` is answered by its :class:`ToolResult` (``call_id`` is the
+request's id), with :class:`ToolProgress` before it. Gate → server events (tools, session
+info, evaluation updates) need no answer.
+
+Versions: ``major.minor`` plus a list of features. A peer of another minor version works:
+unknown fields are ignored, an unknown request is answered ``ok=False``, and either side uses
+an optional message only when the other lists its feature. A different major is refused,
+said plainly. On the wire ``protocol_version`` stays an integer (the major) beside
+``protocol_minor``, so that a 1.x peer, which reads it as an integer, still reports the
+mismatch plainly instead of dropping the message as unreadable.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -16,11 +33,16 @@ from ._errors import ProtocolMismatch
 __all__ = [
     "COMM_TARGET",
     "EVAL_METADATA_KEY",
+    "PROTOCOL_FEATURES",
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_MINOR",
     "PROTOCOL_VERSION",
+    "Ack",
     "Block",
     "CallTool",
     "CancelCall",
     "CancelEval",
+    "EvalCancelled",
     "EvalQuery",
     "EvalRecord",
     "EvalRecords",
@@ -28,8 +50,16 @@ __all__ = [
     "GateMessage",
     "Hello",
     "ImageBlock",
+    "InfoQuery",
+    "InfoReply",
     "JobPromoted",
+    "ProcessIdentity",
+    "Refused",
+    "Reply",
+    "Request",
+    "ResumeMarker",
     "ServerMessage",
+    "SessionChanged",
     "SessionInfo",
     "SetInfo",
     "SetOption",
@@ -44,14 +74,91 @@ __all__ = [
     "parse_server_message",
 ]
 
-#: Bumped whenever a model below changes incompatibly.
-PROTOCOL_VERSION = 1
+#: Bumped when a model below changes incompatibly (a peer of another major is refused).
+PROTOCOL_MAJOR = 2
+#: Bumped when something optional is added (peers one minor apart still work).
+PROTOCOL_MINOR = 0
+#: ``"major.minor"``: what both sides report.
+PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+#: Optional parts of the protocol this side speaks; a peer uses one only if both list it.
+PROTOCOL_FEATURES: frozenset[str] = frozenset(
+    {
+        "tool_calls",  # CallTool / CancelCall / ToolProgress / ToolResult
+        "eval_query",  # EvalQuery → EvalRecords
+        "cancel_state",  # CancelEval → EvalCancelled says running / queued / finished
+        "session_changed",  # the gate announces every change of its SessionInfo
+        "set_info",  # SetInfo → InfoReply; empty strings clear
+        "info_query",  # InfoQuery → InfoReply
+        "set_option",
+        "job_promoted",
+    }
+)
 #: The Jupyter comm target the gate registers in the kernel.
 COMM_TARGET = "kaimon.gate"
 
 
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class ProcessIdentity(_Model):
+    """A process as psutil knows it: its pid and its start time (pids are reused; the pair
+    is not)."""
+
+    pid: int
+    #: ``psutil.Process(pid).create_time()``; None where it could not be read.
+    create_time: float | None = None
+    #: The machine it runs on (its pid means nothing elsewhere); "" where unknown.
+    host: str = ""
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        """This process."""
+        return cls.of(os.getpid()) or cls(pid=os.getpid(), host=socket.gethostname())
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The live process ``pid`` on this machine (None when there is none)."""
+        import psutil
+
+        try:
+            created = psutil.Process(pid).create_time()
+        except (psutil.Error, OSError, ValueError):
+            return None
+        return cls(pid=pid, create_time=created, host=socket.gethostname())
+
+    @classmethod
+    def parent_of_current(cls) -> ProcessIdentity | None:
+        """The process that started this one (a kernel's: its kernel manager)."""
+        import psutil
+
+        try:
+            parent = psutil.Process().parent()
+            if parent is None:
+                return None
+            return cls(pid=parent.pid, create_time=parent.create_time(), host=socket.gethostname())
+        except (psutil.Error, OSError):
+            return None
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (not a zombie, not a newer one with its pid).
+
+        A process on another machine counts as alive: there is no telling from here."""
+        import psutil
+
+        if self.host and self.host != socket.gethostname():
+            return True
+        try:
+            process = psutil.Process(self.pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return self.create_time is None or abs(process.create_time() - self.create_time) < 0.05
+        except (psutil.Error, OSError):
+            return False
 
 
 class SessionInfo(_Model):
@@ -66,13 +173,27 @@ class SessionInfo(_Model):
     description: str = ""
     cwd: str
     python_version: str
-    protocol_version: int = PROTOCOL_VERSION
+    #: The protocol's major version (an integer, see the module docstring) and minor.
+    protocol_version: int = PROTOCOL_MAJOR
+    protocol_minor: int = PROTOCOL_MINOR
     started_at: float
     started_by: Literal["person", "agent"] = "person"
     allow_mirror: bool = True
     allow_restart: bool = True
     #: Overrides the server's promote_after for this session (seconds; <=0 never).
     promote_after: float | None = None
+    #: The kernel process, as the gate states it (pid and start time).
+    kernel: ProcessIdentity | None = None
+
+
+class ResumeMarker(SessionInfo):
+    """Marks a served kernel so that a restart by the same kernel manager serves it again.
+
+    A kernel started on the same connection file by another process is not the one served:
+    the marker names the served kernel's parent, and when it exited cleanly."""
+
+    parent: ProcessIdentity | None = None
+    exited_at: float | None = None
 
 
 class ToolSpec(_Model):
@@ -99,95 +220,147 @@ class ImageBlock(_Model):
 Block = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
 
-class Hello(_Model):
-    """Server → gate, as the comm_open data: who is connecting, in which protocol."""
+# -- the two bases ---------------------------------------------------------------------------
+
+
+class Request(_Model):
+    """Server → gate: every one has an id, and the gate answers it with a :class:`Reply`."""
+
+    id: str = Field(default_factory=_new_id)
+
+
+class Reply(_Model):
+    """Gate → server: the answer to the request ``request_id``."""
+
+    request_id: str = ""
+    ok: bool = True
+    #: What went wrong, for the agent, when ``ok`` is false.
+    error: str = ""
+
+
+# -- server → gate ---------------------------------------------------------------------------
+
+
+class Hello(Request):
+    """Server → gate, as the comm_open data: who connects, in which protocol.
+
+    Answered by :class:`Welcome`, or :class:`Refused`."""
 
     type: Literal["hello"] = "hello"
-    protocol_version: int = PROTOCOL_VERSION
-    server_pid: int
+    protocol_version: int = PROTOCOL_MAJOR
+    protocol_minor: int = PROTOCOL_MINOR
+    features: list[str] = Field(default_factory=lambda: sorted(PROTOCOL_FEATURES))
+    #: The server process: the gate forgets it once it is gone.
+    server: ProcessIdentity
 
 
-class Welcome(_Model):
-    """Gate → server, the answer to :class:`Hello`."""
-
-    type: Literal["welcome"] = "welcome"
-    protocol_version: int = PROTOCOL_VERSION
-    session: SessionInfo
-    tools: list[ToolSpec] = []
-
-
-class ToolsChanged(_Model):
-    """Gate → server: the session's tools were registered, replaced or removed."""
-
-    type: Literal["tools_changed"] = "tools_changed"
-    tools: list[ToolSpec]
-
-
-class CallTool(_Model):
-    """Server → gate: run a tool with the agent's JSON arguments."""
+class CallTool(Request):
+    """Server → gate: run a tool with the agent's JSON arguments. The request's id is the
+    call's id; answered by :class:`ToolResult` (progress comes as :class:`ToolProgress`)."""
 
     type: Literal["call_tool"] = "call_tool"
-    call_id: str
     name: str
     arguments: dict[str, Any] = {}
 
+    @property
+    def call_id(self) -> str:
+        return self.id
 
-class CancelCall(_Model):
-    """Server → gate: the agent cancelled (or the call timed out); ``is_cancelled()`` turns true."""
+
+class CancelCall(Request):
+    """Server → gate: the agent cancelled (or the call timed out); ``is_cancelled()`` turns
+    true. Answered by :class:`Ack` (``ok=False`` when no such call runs)."""
 
     type: Literal["cancel_call"] = "cancel_call"
     call_id: str
 
 
-class ToolProgress(_Model):
-    """Gate → server: ``progress(...)`` inside a running tool."""
+class CancelEval(Request):
+    """Server → gate: the agent cancelled an evaluation. Answered by :class:`EvalCancelled`.
 
-    type: Literal["tool_progress"] = "tool_progress"
-    call_id: str
-    message: str
-    progress: float | None = None
-    total: float | None = None
-
-
-class ToolResult(_Model):
-    """Gate → server: a tool call's outcome."""
-
-    type: Literal["tool_result"] = "tool_result"
-    call_id: str
-    content: list[Block]
-    structured: dict[str, Any] | None = None
-    is_error: bool = False
-
-
-class Refused(_Model):
-    """Gate → server: the gate will not talk to this server (e.g. protocol mismatch)."""
-
-    type: Literal["refused"] = "refused"
-    protocol_version: int = PROTOCOL_VERSION
-    reason: str
-
-
-class CancelEval(_Model):
-    """Server → gate: the agent cancelled an evaluation; ``is_cancelled()`` turns true in it."""
+    Running: ``is_cancelled()`` turns true in it. Not started yet: it is skipped when its turn
+    comes. Asking again is harmless, and says whether it still runs."""
 
     type: Literal["cancel_eval"] = "cancel_eval"
     msg_id: str
 
 
-class EvalQuery(_Model):
-    """Server → gate, after a server restart: what became of these evaluations?"""
+class EvalQuery(Request):
+    """Server → gate, after a server restart: what became of these evaluations?
+
+    Answered by :class:`EvalRecords`."""
 
     type: Literal["eval_query"] = "eval_query"
     msg_ids: list[str]
 
 
-class EvalUpdate(_Model):
-    """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
+class SetInfo(Request):
+    """Server → gate: the agent relabels the session (``set_session_info``).
 
-    type: Literal["eval_update"] = "eval_update"
+    None leaves a field as it is; an empty string clears it (an empty label falls back to the
+    namespace). Answered by :class:`InfoReply` with the session as it now is."""
+
+    type: Literal["set_info"] = "set_info"
+    label: str | None = None
+    description: str | None = None
+
+
+class InfoQuery(Request):
+    """Server → gate: the session as it is now. Answered by :class:`InfoReply`."""
+
+    type: Literal["info_query"] = "info_query"
+
+
+class SetOption(Request):
+    """Server → gate: turn the live view (mirror) on or off, where the session allows it.
+
+    Answered by :class:`Ack` (``ok=False`` where the person served with ``--no-mirror``)."""
+
+    type: Literal["set_option"] = "set_option"
+    mirror: bool
+
+
+class JobPromoted(Request):
+    """Server → gate: an agent evaluation became a background job (the live view says so).
+
+    Sent when it is promoted, which may be before the kernel has started it (queued).
+    Answered by :class:`Ack`."""
+
+    type: Literal["job_promoted"] = "job_promoted"
     msg_id: str
-    stash: dict[str, str] = {}
-    progress: str | None = None
+    eval_id: str
+
+
+# -- gate → server: replies ------------------------------------------------------------------
+
+
+class Ack(Reply):
+    """Gate → server: the request was done (or, with ``ok=False``, why not)."""
+
+    type: Literal["ack"] = "ack"
+
+
+class Welcome(Reply):
+    """Gate → server, the answer to :class:`Hello`."""
+
+    type: Literal["welcome"] = "welcome"
+    protocol_version: int = PROTOCOL_MAJOR
+    protocol_minor: int = PROTOCOL_MINOR
+    features: list[str] = Field(default_factory=lambda: sorted(PROTOCOL_FEATURES))
+    session: SessionInfo
+    tools: list[ToolSpec] = []
+    #: The kernel process itself, as the gate sees it: trust this, not a session file.
+    kernel: ProcessIdentity
+
+
+class Refused(Reply):
+    """Gate → server: the gate will not talk to this server (e.g. protocol mismatch)."""
+
+    type: Literal["refused"] = "refused"
+    ok: bool = False
+    protocol_version: int = PROTOCOL_MAJOR
+    protocol_minor: int = PROTOCOL_MINOR
+    reason: str
 
 
 class EvalRecord(_Model):
@@ -200,47 +373,106 @@ class EvalRecord(_Model):
     progress: str | None = None
 
 
-class EvalRecords(_Model):
+class EvalRecords(Reply):
     """Gate → server: the answer to :class:`EvalQuery` (unknown ids are left out)."""
 
     type: Literal["eval_records"] = "eval_records"
-    records: list[EvalRecord]
+    records: list[EvalRecord] = []
 
 
-class SetInfo(_Model):
-    """Server → gate: the agent relabels the session (``set_session_info``)."""
+class EvalCancelled(Reply):
+    """Gate → server: the answer to :class:`CancelEval`, from what the kernel knows now.
 
-    type: Literal["set_info"] = "set_info"
-    label: str | None = None
-    description: str | None = None
+    ``running``: it runs now and was flagged. ``queued``: the kernel has not started it; it
+    will be skipped. ``finished``: it had already ended (``status`` says how)."""
 
-
-class SetOption(_Model):
-    """Server → gate: turn the live view (mirror) on or off, where the session allows it."""
-
-    type: Literal["set_option"] = "set_option"
-    mirror: bool
-
-
-class JobPromoted(_Model):
-    """Server → gate: an agent evaluation became a background job (the live view says so).
-
-    Sent when it is promoted, which may be before the kernel has started it (queued)."""
-
-    type: Literal["job_promoted"] = "job_promoted"
+    type: Literal["eval_cancelled"] = "eval_cancelled"
     msg_id: str
-    eval_id: str
+    state: Literal["running", "queued", "finished"]
+    status: Literal["ok", "error"] | None = None
+
+
+class InfoReply(Reply):
+    """Gate → server: the session as it now is (answers :class:`SetInfo`, :class:`InfoQuery`)."""
+
+    type: Literal["info_reply"] = "info_reply"
+    session: SessionInfo
+
+
+class ToolResult(_Model):
+    """Gate → server: a tool call's outcome (the answer to :class:`CallTool`)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    content: list[Block]
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+
+# -- gate → server: events -------------------------------------------------------------------
+
+
+class ToolsChanged(_Model):
+    """Gate → server: the session's tools were registered, replaced or removed."""
+
+    type: Literal["tools_changed"] = "tools_changed"
+    tools: list[ToolSpec]
+
+
+class SessionChanged(_Model):
+    """Gate → server: the session's info changed (served again with other settings, relabelled):
+    sent to every connected server."""
+
+    type: Literal["session_changed"] = "session_changed"
+    session: SessionInfo
+
+
+class ToolProgress(_Model):
+    """Gate → server: ``progress(...)`` inside a running tool."""
+
+    type: Literal["tool_progress"] = "tool_progress"
+    call_id: str
+    message: str
+    progress: float | None = None
+    total: float | None = None
+
+
+class EvalUpdate(_Model):
+    """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
+
+    type: Literal["eval_update"] = "eval_update"
+    msg_id: str
+    stash: dict[str, str] = {}
+    progress: str | None = None
 
 
 #: Session-level marker in an execute_request's metadata: this code is the agent's.
 EVAL_METADATA_KEY = "kaimon"
 
 ServerMessage = Annotated[
-    Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption | JobPromoted,
+    Hello
+    | CallTool
+    | CancelCall
+    | CancelEval
+    | EvalQuery
+    | SetInfo
+    | InfoQuery
+    | SetOption
+    | JobPromoted,
     Field(discriminator="type"),
 ]
 GateMessage = Annotated[
-    Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords,
+    Ack
+    | Welcome
+    | Refused
+    | EvalRecords
+    | EvalCancelled
+    | InfoReply
+    | ToolResult
+    | ToolsChanged
+    | SessionChanged
+    | ToolProgress
+    | EvalUpdate,
     Field(discriminator="type"),
 ]
 
@@ -248,21 +480,25 @@ _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 _gate_adapter: TypeAdapter[Any] = TypeAdapter(GateMessage)
 
 
-def parse_server_message(
-    data: object,
-) -> Hello | CallTool | CancelCall | CancelEval | EvalQuery | SetInfo | SetOption | JobPromoted:
+def parse_server_message(data: object) -> Request:
+    """A server → gate message from its JSON form (raises pydantic's ValidationError)."""
     return _server_adapter.validate_python(data)
 
 
-def parse_gate_message(
-    data: object,
-) -> Welcome | Refused | ToolsChanged | ToolProgress | ToolResult | EvalUpdate | EvalRecords:
+def parse_gate_message(data: object) -> BaseModel:
+    """A gate → server message from its JSON form (raises pydantic's ValidationError)."""
     return _gate_adapter.validate_python(data)
 
 
-def check_protocol(theirs: int, *, who: str) -> None:
-    """Raise :class:`ProtocolMismatch` with a plain explanation when versions differ."""
-    if theirs != PROTOCOL_VERSION:
+def check_protocol(theirs: int | str, *, who: str) -> None:
+    """Raise :class:`ProtocolMismatch` with a plain explanation when the majors differ.
+
+    ``theirs`` is a major (``2``) or ``"major.minor"``; another minor is fine."""
+    try:
+        major = int(str(theirs).split(".", 1)[0])
+    except ValueError:
+        major = -1
+    if major != PROTOCOL_MAJOR:
         raise ProtocolMismatch(
             f"{who} speaks kaimon protocol {theirs}, this side speaks {PROTOCOL_VERSION}: "
             "install the same kaimon-kernel version in the kernel's environment and the "

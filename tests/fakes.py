@@ -12,7 +12,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from kaimon_kernel._protocol import COMM_TARGET, SessionInfo, Welcome
+from kaimon_kernel._protocol import COMM_TARGET, ProcessIdentity, SessionInfo, Welcome
 
 
 def session_info(key: str = "k1", **changes: Any) -> SessionInfo:
@@ -90,7 +90,10 @@ class FakeKernel:
             self.reply(channel, msg, "interrupt_reply", {"status": "ok"})
         elif kind == "comm_open" and content["target_name"] == COMM_TARGET and self.gate:
             self.comms.add(content["comm_id"])
-            welcome = Welcome(session=self.info).model_dump(mode="json")
+            hello = content["data"]
+            kernel = ProcessIdentity(pid=self.info.pid, create_time=1.0)
+            welcome = Welcome(request_id=hello["id"], session=self.info, kernel=kernel)
+            welcome = welcome.model_dump(mode="json")
             self.iopub(None, "comm_msg", {"comm_id": content["comm_id"], "data": welcome})
         elif kind == "comm_close":
             self.comms.discard(content["comm_id"])

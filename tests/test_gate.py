@@ -21,7 +21,7 @@ def test_serve_writes_a_private_session_file_with_the_kernels_facts(person: Pers
     info = SessionInfo.model_validate_json(path.read_text())
     assert info.pid == person.pid
     assert info.label == "person"
-    assert info.protocol_version == PROTOCOL_VERSION
+    assert f"{info.protocol_version}.{info.protocol_minor}" == PROTOCOL_VERSION
     assert Path(info.connection_file) == Path(person.km.connection_file).resolve()
     assert info.started_by == "person"
 

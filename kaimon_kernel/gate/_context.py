@@ -14,7 +14,7 @@ import functools
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .._output import OutputCapture
 from .._protocol import EVAL_METADATA_KEY, EvalRecord, EvalUpdate
@@ -146,12 +146,15 @@ class EvalTracker:
                 ev.capture.add_bundle(content["data"])
         return msg
 
-    def cancel(self, msg_id: str) -> None:
+    def cancel(self, msg_id: str) -> Literal["running", "queued", "finished"]:
+        """Cancel the agent's evaluation ``msg_id``; says where it was: running (now
+        flagged), not started yet (skipped when its turn comes) or already finished."""
         ev = self.recent.get(msg_id)
-        if ev is not None:
-            ev.cancelled.set()
-        else:  # not started yet: skip it when it comes up
+        if ev is None:  # not started yet: skip it when it comes up
             self.cancelled_early.add(msg_id)
+            return "queued"
+        ev.cancelled.set()
+        return "running" if ev.status == "running" else "finished"
 
     def query(self, msg_ids: list[str]) -> list[EvalRecord]:
         return [self.recent[m].record() for m in msg_ids if m in self.recent]

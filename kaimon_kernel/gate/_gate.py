@@ -17,26 +17,41 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ipykernel.kernelbase import Kernel
+from pydantic import ValidationError
 
 from .._errors import KaimonError, ProtocolMismatch
 from .._paths import resume_file_for, sessions_dir, write_private
 from .._protocol import (
     COMM_TARGET,
+    PROTOCOL_FEATURES,
+    PROTOCOL_VERSION,
+    Ack,
     CallTool,
     CancelCall,
     CancelEval,
+    EvalCancelled,
     EvalQuery,
     EvalRecords,
     Hello,
+    InfoQuery,
+    InfoReply,
     JobPromoted,
+    ProcessIdentity,
     Refused,
+    Reply,
+    Request,
+    ResumeMarker,
+    ServerMessage,
+    SessionChanged,
     SessionInfo,
     SetInfo,
     SetOption,
+    TextBlock,
     ToolProgress,
+    ToolResult,
     ToolsChanged,
     Welcome,
     check_protocol,
@@ -61,13 +76,36 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: How often, at most, broadcasts look for servers whose process is gone.
+PRUNE_INTERVAL = 1.0
+#: A marked kernel that exited longer ago than this is not restarted by its manager: a kernel
+#: starting on its connection file now is another one.
+RESUME_WINDOW = 300.0
+
+
 @dataclass
 class ServerLink:
     """A kaimon server that opened the gate's comm."""
 
-    server_pid: int
+    server: ProcessIdentity
     since: float
     comm: Any
+    #: The optional protocol parts both sides speak.
+    features: frozenset[str] = PROTOCOL_FEATURES
+    #: The kernel subshell its messages come through (ipykernel 7), if any.
+    subshell_id: str | None = None
+
+    @property
+    def server_pid(self) -> int:
+        return self.server.pid
+
+
+#: Every request a server may send, by its ``type``; ``Gate._on_<type>`` handles it.
+REQUESTS: dict[str, type[Request]] = {
+    cls.model_fields["type"].default: cls
+    for cls in get_args(get_args(ServerMessage)[0])
+    if cls is not Hello  # the comm_open, answered by the comm target itself
+}
 
 
 def send(comm: Any, message: Any) -> None:
@@ -111,13 +149,34 @@ def _install_resume_hook(shell: Any) -> None:
 
 
 def resume_after_restart(shell: Any) -> SessionInfo | None:
-    """Serve again, with the same key and label, a kernel restarted while it was served."""
+    """Serve again, with the same key and label, a kernel restarted while it was served.
+
+    Only the kernel that was served: its marker names the process that started it (its
+    kernel manager), which starts the restarted kernel too. A kernel another process started
+    on the same connection file is not served, and the stale marker goes."""
     try:
-        marker = resume_file_for(_connection_file())
-        previous = SessionInfo.model_validate_json(marker.read_text())
+        path = resume_file_for(_connection_file())
+        marker = ResumeMarker.model_validate_json(path.read_text())
     except (KaimonError, OSError, ValueError):
         return None
-    return current_gate(shell).serve_as(previous)
+    why = _not_the_served_kernel(marker)
+    if why:
+        logger.info("kaimon: not serving again (%s)", why)
+        path.unlink(missing_ok=True)
+        return None
+    return current_gate(shell).serve_as(marker)
+
+
+def _not_the_served_kernel(marker: ResumeMarker) -> str:
+    """Why this kernel is not a restart of the one ``marker`` was written for ('' if it is)."""
+    parent = ProcessIdentity.parent_of_current()
+    if marker.parent is None or parent is None:
+        return "the marker does not say which process started the served kernel"
+    if parent.pid != marker.parent.pid or not marker.parent.alive():
+        return f"started by pid {parent.pid}, the served kernel by pid {marker.parent.pid}"
+    if marker.exited_at is not None and time.time() - marker.exited_at > RESUME_WINDOW:
+        return f"the served kernel exited {time.time() - marker.exited_at:.0f} s ago"
+    return ""
 
 
 def _connection_file() -> str:
@@ -150,11 +209,15 @@ class Gate:
         self.tools.listeners.append(self._broadcast_tools)
         self._calls: dict[str, CallContext] = {}
         self._registered = False
+        self._identity = ProcessIdentity.current()
+        self._pruned_at = 0.0
         self.evals = EvalTracker(shell, self._broadcast)
         set_tracker(self.evals)
         self.view = LiveView(shell)
         self.evals.view = self.view
-        atexit.register(self._remove_session_file)
+        # ipykernel's way: one handler per message type, found by name
+        self._handlers: dict[str, Any] = {t: getattr(self, f"_on_{t}") for t in REQUESTS}
+        atexit.register(self._at_exit)
 
     @property
     def serving(self) -> bool:
@@ -177,27 +240,29 @@ class Gate:
         new_tools = check_tools(tools)
         session_id = self.info.session_id if self.info else uuid.uuid4().hex
         ns = namespace or (self.info.namespace if self.info else default_namespace())
-        self.info = SessionInfo(
-            session_id=session_id,
-            key=key or (self.info.key if self.info else session_id[:8]),
-            pid=os.getpid(),
-            connection_file=_connection_file(),
-            namespace=ns,
-            label=label or (self.info.label if self.info else ns),
-            description=description or (self.info.description if self.info else ""),
-            cwd=os.getcwd(),
-            python_version=platform.python_version(),
-            started_at=self.info.started_at if self.info else time.time(),
-            started_by=started_by,
-            allow_mirror=allow_mirror,
-            allow_restart=allow_restart,
-            promote_after=promote_after,
+        self._publish(
+            SessionInfo(
+                session_id=session_id,
+                key=key or (self.info.key if self.info else session_id[:8]),
+                pid=os.getpid(),
+                connection_file=_connection_file(),
+                namespace=ns,
+                label=label or (self.info.label if self.info else ns),
+                description=description or (self.info.description if self.info else ""),
+                cwd=os.getcwd(),
+                python_version=platform.python_version(),
+                started_at=self.info.started_at if self.info else time.time(),
+                started_by=started_by,
+                allow_mirror=allow_mirror,
+                allow_restart=allow_restart,
+                promote_after=promote_after,
+                kernel=self._identity,
+            )
         )
-        write_private(session_file_for(self.info.key), self.info.model_dump_json(indent=1))
-        write_private(resume_file_for(self.info.connection_file), self.info.model_dump_json())
         _install_resume_hook(self.shell)
         if new_tools:
             self.tools.add(*new_tools)
+        assert self.info is not None
         return self.info
 
     def serve_as(self, info: SessionInfo) -> SessionInfo:
@@ -212,6 +277,15 @@ class Gate:
             key=info.key,
             promote_after=info.promote_after,
         )
+
+    def _publish(self, info: SessionInfo) -> None:
+        """Make ``info`` the session's: its files, and every connected server, know it."""
+        previous, self.info = self.info, info
+        write_private(session_file_for(info.key), info.model_dump_json(indent=1))
+        marker = ResumeMarker(**info.model_dump(), parent=ProcessIdentity.parent_of_current())
+        write_private(resume_file_for(info.connection_file), marker.model_dump_json())
+        if previous is not None and previous != info:
+            self._broadcast(SessionChanged(session=info), feature="session_changed")
 
     def stop(self) -> bool:
         """Withdraw the kernel from agents. Returns whether it was served."""
@@ -232,6 +306,19 @@ class Gate:
         if self.info is not None:
             session_file_for(self.info.key).unlink(missing_ok=True)
 
+    def _at_exit(self) -> None:
+        """The kernel exits: its session ends; the marker says when (a restart comes soon)."""
+        if self.info is None:
+            return
+        self._remove_session_file()
+        path = resume_file_for(self.info.connection_file)
+        try:
+            marker = ResumeMarker.model_validate_json(path.read_text())
+            marker.exited_at = time.time()
+            write_private(path, marker.model_dump_json())
+        except (OSError, ValueError):
+            pass
+
     def _register_target(self) -> None:
         if self._registered:
             return
@@ -242,64 +329,74 @@ class Gate:
         comm_manager.register_target(COMM_TARGET, self._on_comm_open)
         self._registered = True
 
+    # -- the comm ----------------------------------------------------------------------------
+
     def _on_comm_open(self, comm: Any, msg: dict[str, Any]) -> None:
         data = msg["content"].get("data") or {}
+        request_id = str(data.get("id", "")) if isinstance(data, dict) else ""
         try:
-            hello = parse_server_message(data)
-            if not isinstance(hello, Hello):
+            if not isinstance(data, dict) or data.get("type") != "hello":
                 raise ValueError("a kaimon comm must open with a hello")
-            check_protocol(hello.protocol_version, who="the kaimon server")
+            # the version first: a peer of another major may not even parse
+            check_protocol(data.get("protocol_version", "unknown"), who="the kaimon server")
+            hello = parse_server_message(data)
             if self.info is None:
                 raise KaimonError("this kernel is not served (run %kaimon serve)")
         except (ProtocolMismatch, KaimonError, ValueError) as err:
-            send(comm, Refused(reason=str(err)))
+            reason = str(err)
+            send(comm, Refused(request_id=request_id, reason=reason, error=reason))
             comm.close()
             return
-        self.servers[comm.comm_id] = ServerLink(hello.server_pid, time.time(), comm)
+        assert isinstance(hello, Hello)
+        features = frozenset(hello.features) & PROTOCOL_FEATURES
+        subshell_id = (msg.get("header") or {}).get("subshell_id")
+        link = ServerLink(hello.server, time.time(), comm, features, subshell_id)
+        self.servers[comm.comm_id] = link
         comm.on_close(lambda _msg: self.servers.pop(comm.comm_id, None))
-        comm.on_msg(lambda msg: self._on_comm_msg(comm, msg))
-        send(comm, Welcome(session=self.info, tools=self.tools.specs()))
+        comm.on_msg(lambda msg: self._on_comm_msg(link, msg))
+        welcome = Welcome(
+            request_id=hello.id,
+            session=self.info,
+            tools=self.tools.specs(),
+            kernel=self._identity,
+        )
+        send(comm, welcome)
 
-    def _on_comm_msg(self, comm: Any, msg: dict[str, Any]) -> None:
+    def _on_comm_msg(self, link: ServerLink, msg: dict[str, Any]) -> None:
+        """Dispatch one request to its handler; whatever happens, the server gets an answer."""
+        data = msg["content"].get("data") or {}
         try:
-            message = parse_server_message(msg["content"].get("data") or {})
-        except ValueError:
-            logger.warning("kaimon: ignoring a malformed message from the server")
+            request = parse_server_message(data)
+        except ValidationError as err:
+            kind = data.get("type") if isinstance(data, dict) else None
+            request_id = data.get("id") if isinstance(data, dict) else None
+            logger.warning("kaimon: cannot read a %r message from the server", kind)
+            if request_id:
+                error = (
+                    f"this gate (protocol {PROTOCOL_VERSION}) does not know {kind!r} requests"
+                    if kind not in REQUESTS
+                    else f"malformed {kind!r} request: {err}"
+                )
+                send(link.comm, Ack(request_id=str(request_id), ok=False, error=error))
             return
-        if isinstance(message, CallTool):
-            self._start_call(comm, message)
-        elif isinstance(message, CancelCall):
-            call = self._calls.get(message.call_id)
-            if call is not None:
-                call.cancelled.set()
-        elif isinstance(message, CancelEval):
-            self.evals.cancel(message.msg_id)
-            self.view.job_cancelled(message.msg_id)
-        elif isinstance(message, JobPromoted):
-            ev = self.evals.recent.get(message.msg_id)
-            if ev is None or ev.status == "running":  # not one that ended as it was promoted
-                self.view.job_promoted(message.msg_id, message.eval_id)
-        elif isinstance(message, SetOption) and self.info is not None:
-            if self.info.allow_mirror:
-                self.view.enabled = message.mirror
-        elif isinstance(message, SetInfo) and self.info is not None:
-            changes = {"label": message.label or self.info.label}
-            if message.description is not None:
-                changes["description"] = message.description
-            self.serve_as(self.info.model_copy(update=changes))
-        elif isinstance(message, EvalQuery):
-            records = EvalRecords(records=self.evals.query(message.msg_ids))
-            send(comm, records)
+        kind: str = request.type  # type: ignore[attr-defined]
+        try:
+            reply = self._handlers[kind](link, request)
+        except Exception as err:
+            logger.exception("kaimon: handling a %s request failed", kind)
+            reply = Ack(request_id=request.id, ok=False, error=f"{type(err).__name__}: {err}")
+        if reply is not None:
+            send(link.comm, reply)
 
-    def _start_call(self, comm: Any, request: CallTool) -> None:
+    # -- one handler per request type (a reply, or None when the answer comes later) ---------
+
+    def _on_call_tool(self, link: ServerLink, request: CallTool) -> Reply | None:
         def send_progress(text: str, value: float | None, total: float | None) -> None:
-            update = ToolProgress(
-                call_id=request.call_id, message=text, progress=value, total=total
-            )
-            send(comm, update)
+            update = ToolProgress(call_id=request.id, message=text, progress=value, total=total)
+            send(link.comm, update)
 
-        call = CallContext(request.call_id, send_progress)
-        self._calls[request.call_id] = call
+        call = CallContext(request.id, send_progress)
+        self._calls[request.id] = call
 
         def work() -> None:
             started = time.monotonic()
@@ -313,25 +410,117 @@ class Gate:
                     "error" if result.is_error else "ok",
                     time.monotonic() - started,
                 )
-                send(comm, result)
+            except Exception as err:  # run_call answers the tool's own errors; this is ours
+                logger.exception("kaimon: tool call %s failed", request.name)
+                text = f"{request.name} failed in the gate: {type(err).__name__}: {err}"
+                result = ToolResult(
+                    call_id=request.id, content=[TextBlock(text=text)], is_error=True
+                )
             finally:
-                self._calls.pop(request.call_id, None)
+                self._calls.pop(request.id, None)
+            send(link.comm, result)
 
         # A worker thread: a long tool never holds up the comm (cancel must get through).
         threading.Thread(target=work, name=f"kaimon-tool-{request.name}", daemon=True).start()
+        return None
+
+    def _on_cancel_call(self, link: ServerLink, request: CancelCall) -> Reply:
+        call = self._calls.get(request.call_id)
+        if call is None:
+            return Ack(request_id=request.id, ok=False, error="no such call runs (it ended)")
+        call.cancelled.set()
+        return Ack(request_id=request.id)
+
+    def _on_cancel_eval(self, link: ServerLink, request: CancelEval) -> Reply:
+        state = self.evals.cancel(request.msg_id)
+        self.view.job_cancelled(request.msg_id)
+        ev = self.evals.recent.get(request.msg_id)
+        status = ev.status if ev is not None and state == "finished" else None
+        return EvalCancelled(
+            request_id=request.id,
+            msg_id=request.msg_id,
+            state=state,
+            status=status,  # type: ignore[arg-type]
+        )
+
+    def _on_eval_query(self, link: ServerLink, request: EvalQuery) -> Reply:
+        return EvalRecords(request_id=request.id, records=self.evals.query(request.msg_ids))
+
+    def _on_job_promoted(self, link: ServerLink, request: JobPromoted) -> Reply:
+        ev = self.evals.recent.get(request.msg_id)
+        if ev is None or ev.status == "running":  # not one that ended as it was promoted
+            self.view.job_promoted(request.msg_id, request.eval_id)
+        return Ack(request_id=request.id)
+
+    def _on_set_option(self, link: ServerLink, request: SetOption) -> Reply:
+        if self.info is None:
+            return Ack(request_id=request.id, ok=False, error="this kernel is not served")
+        if not self.info.allow_mirror:
+            return Ack(
+                request_id=request.id,
+                ok=False,
+                error="the person served this session with --no-mirror",
+            )
+        self.view.enabled = request.mirror
+        return Ack(request_id=request.id)
+
+    def _on_set_info(self, link: ServerLink, request: SetInfo) -> Reply:
+        if self.info is None:
+            return Ack(request_id=request.id, ok=False, error="this kernel is not served")
+        changes: dict[str, str] = {}
+        if request.label is not None:
+            changes["label"] = request.label.strip() or self.info.namespace  # "" clears
+        if request.description is not None:
+            changes["description"] = request.description.strip()
+        self._publish(self.info.model_copy(update=changes))
+        return InfoReply(request_id=request.id, session=self.info)
+
+    def _on_info_query(self, link: ServerLink, request: InfoQuery) -> Reply:
+        if self.info is None:
+            return Ack(request_id=request.id, ok=False, error="this kernel is not served")
+        return InfoReply(request_id=request.id, session=self.info)
+
+    # -- to every server ---------------------------------------------------------------------
 
     def _broadcast_tools(self) -> None:
         self._broadcast(ToolsChanged(tools=self.tools.specs()))
 
-    def _broadcast(self, message: Any) -> None:
-        """Send a protocol message to every connected server."""
+    def _broadcast(self, message: Any, *, feature: str | None = None) -> None:
+        """Send a protocol message to every connected server (that speaks ``feature``)."""
         if self.info is None:
             return
-        for link in list(self.servers.values()):
+        for link in self.live_servers(at_most_every=PRUNE_INTERVAL):
+            if feature is not None and feature not in link.features:
+                continue
             try:
                 send(link.comm, message)
             except Exception:
                 logger.debug("sending %s failed", message.type, exc_info=True)
+
+    def live_servers(self, at_most_every: float = 0.0) -> list[ServerLink]:
+        """The connected servers, less those whose process is gone (their comm is closed).
+
+        A server killed outright never closes its comm; this is how the gate forgets it.
+        ``at_most_every`` (seconds) spares frequent callers the process lookups."""
+        links = list(self.servers.values())
+        now = time.monotonic()
+        if now - self._pruned_at < at_most_every:
+            return links
+        self._pruned_at = now
+        live = []
+        for link in links:
+            if link.server.alive():
+                live.append(link)
+                continue
+            logger.info("kaimon: server pid %s is gone; forgetting it", link.server.pid)
+            self.servers.pop(link.comm.comm_id, None)
+            try:
+                link.comm.close()
+            except Exception:
+                logger.debug("closing comm failed", exc_info=True)
+            if link.subshell_id:
+                _delete_subshell(link.subshell_id)
+        return live
 
     def status_text(self) -> str:
         if self.info is None:
@@ -342,15 +531,38 @@ class Gate:
             f"  session file:    {session_file_for(i.key)}",
             f"  connection file: {i.connection_file}",
             f"  allow_mirror={i.allow_mirror} allow_restart={i.allow_restart}"
-            f" started_by={i.started_by}",
+            f" started_by={i.started_by}  protocol {PROTOCOL_VERSION}",
         ]
-        if self.servers:
-            for link in self.servers.values():
+        servers = self.live_servers()
+        if servers:
+            for link in servers:
                 age = time.time() - link.since
                 lines.append(f"  connected: kaimon server pid {link.server_pid} ({age:.0f} s ago)")
         else:
             lines.append("  no kaimon server has connected yet (start one with `kaimon serve`)")
         return "\n".join(lines)
+
+
+def _delete_subshell(subshell_id: str) -> None:
+    """Ask this kernel, as any client would, to drop the subshell of a server that is gone
+    (the server would have, had it closed cleanly). In a thread: it waits for the reply."""
+
+    def work() -> None:
+        from jupyter_client import BlockingKernelClient
+
+        client = BlockingKernelClient(connection_file=_connection_file())
+        try:
+            client.load_connection_file()
+            client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+            msg = client.session.msg("delete_subshell_request", {"subshell_id": subshell_id})
+            client.control_channel.send(msg)
+            client.control_channel.get_msg(timeout=10)
+        except Exception as err:
+            logger.info("kaimon: could not delete subshell %s: %s", subshell_id, err)
+        finally:
+            client.stop_channels()
+
+    threading.Thread(target=work, name="kaimon-drop-subshell", daemon=True).start()
 
 
 _gate: Gate | None = None

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
@@ -234,8 +235,15 @@ class Kaimon:
                     f"log: {local.log_file(key)}"
                 )
 
+    async def _fresh_info(self, session: KernelSession) -> None:
+        """The person may have just re-served with new flags: ask the gate, not our copy."""
+        if session.gate.supports("info_query"):
+            with contextlib.suppress(KaimonError):
+                session.info = await session.gate.get_info(timeout=2)
+
     async def restart(self, session: KernelSession) -> KernelSession:
         """A fresh kernel under the same session key and label: all state is lost."""
+        await self._fresh_info(session)
         if not session.info.allow_restart:
             raise NotAllowed(
                 f"session {session.key} was served with allow_restart=False: the person chose "
@@ -264,6 +272,7 @@ class Kaimon:
 
     async def shutdown(self, session: KernelSession) -> str:
         """Stop a session's kernel; returns what became of it."""
+        await self._fresh_info(session)
         if not session.info.allow_restart:
             raise NotAllowed(
                 f"session {session.key} was served with allow_restart=False: the person chose "
@@ -526,14 +535,35 @@ class Kaimon:
 
     async def _cancel(self, tracked: TrackedEval) -> str:
         execution, session = tracked.execution, tracked.session
-        session.cancel_eval(execution)
-        if execution.started_at is None and session.state == "ready":
-            # Still queued: the gate skips it when its turn comes. An interrupt now would
-            # stop whatever runs instead (another job, the person's cell).
+        grace = self.options.cancel_grace
+
+        async def ask_gate() -> Any:  # EvalCancelled, or None when the gate did not answer
+            with contextlib.suppress(KaimonError):
+                return await session.cancel_eval(execution, timeout=max(grace, 0.5))
+            return None
+
+        # The gate knows where the job is; this server's view of it may be stale.
+        answer = await ask_gate()
+        if answer is None:  # the gate could not say (gone, or busy without a subshell)
+            state = "queued" if execution.started_at is None else "running"
+        else:
+            state = answer.state
+        if state == "queued":
+            # The gate skips it when its turn comes. An interrupt now would stop whatever
+            # runs instead (another job, the person's cell).
             execution.fail("cancelled", "cancelled by the agent before it started")
             return "it had not started; it will not run"
-        if await _wait(execution, self.options.cancel_grace):
+        if state == "finished":
+            execution.cancel_requested = False  # it ended by itself: keep its outcome
+            await _wait(execution, INTERRUPT_WAIT)
+            return "it had already finished"
+        if await _wait(execution, grace):
             return "it stopped cooperatively"
+        # Interrupt only while this job is the one running: the gate says so, now.
+        again = await ask_gate()
+        if again is not None and again.state != "running":
+            await _wait(execution, INTERRUPT_WAIT)
+            return "it stopped by itself just as the grace period ended"
         how = await session.interrupt()
         if await _wait(execution, INTERRUPT_WAIT):
             return f"it ignored the flag, so the kernel was interrupted ({how})"

@@ -15,7 +15,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import DeadKernelError, KaimonError, KernelTimeout, ProtocolMismatch
@@ -23,29 +22,22 @@ from .._output import OutputCapture
 from .._protocol import (
     COMM_TARGET,
     EVAL_METADATA_KEY,
-    CallTool,
-    CancelCall,
-    CancelEval,
-    EvalQuery,
+    EvalCancelled,
     EvalRecord,
-    EvalRecords,
     EvalUpdate,
     Hello,
-    JobPromoted,
+    ProcessIdentity,
     Refused,
+    Request,
+    SessionChanged,
     SessionInfo,
-    SetInfo,
-    SetOption,
-    TextBlock,
-    ToolProgress,
-    ToolResult,
     ToolsChanged,
     ToolSpec,
     Welcome,
     check_protocol,
-    parse_gate_message,
 )
 from ._execution import Activity, ExecStatus, Execution
+from ._gate_client import GateClient, GateEvent, PendingCall
 from ._transport import Channel, Transport
 
 if TYPE_CHECKING:
@@ -59,16 +51,6 @@ HANDSHAKE_TIMEOUT = 15.0  # per attempt; a kernel busy starting up is tried agai
 WELCOME_TIMEOUT = 10.0
 RETRY_AFTER = 5.0
 CLOSE_TIMEOUT = 0.5
-
-
-@dataclass
-class PendingCall:
-    """A gate tool call on its way: progress updates queue up until the result arrives."""
-
-    call_id: str
-    name: str
-    result: asyncio.Future[ToolResult]
-    progress: asyncio.Queue[ToolProgress] = field(default_factory=asyncio.Queue)
 
 
 class KernelSession:
@@ -93,8 +75,11 @@ class KernelSession:
         #: Called when the gate's tools or the session's info change (set by the registry).
         self.on_tools_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
-        self.calls: dict[str, PendingCall] = {}
-        self._queries: list[asyncio.Future[list[EvalRecord]]] = []
+        self.gate = GateClient(
+            self._send_to_gate, name=f"session {info.key}", server=ProcessIdentity.current()
+        )
+        self.gate.listeners.append(self._on_gate_event)
+        self.calls: dict[str, PendingCall] = self.gate.calls
         self._comm_id = uuid.uuid4().hex
         self._ready = asyncio.Event()
         self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
@@ -232,14 +217,19 @@ class KernelSession:
             msg["header"]["subshell_id"] = self.subshell_id
         self._transport().send("shell", msg)
 
-    def _send_to_gate(self, message: Any) -> None:
-        """One protocol message to the gate, on the session's comm."""
-        self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": message.model_dump()})
+    def _send_to_gate(self, message: Request) -> None:
+        """One protocol message to the gate: the hello opens the session's comm."""
+        data = message.model_dump(mode="json")
+        if isinstance(message, Hello):
+            content = {"comm_id": self._comm_id, "target_name": COMM_TARGET, "data": data}
+            self._send_gate("comm_open", content)
+        else:
+            self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
 
     def _open_gate_comm(self) -> None:
-        hello = Hello(server_pid=self.server_pid).model_dump(mode="json")
-        content = {"comm_id": self._comm_id, "target_name": COMM_TARGET, "data": hello}
-        self._send_gate("comm_open", content)
+        if self.gate.state != "new":  # trying again: a fresh comm, not a second with one id
+            self._comm_id = uuid.uuid4().hex
+        self.gate.open()  # the Welcome (or Refused) arrives as an event
 
     async def close(self, reason: str = "closed") -> None:
         """Leave the kernel as we found it: our comm closed, our subshell deleted."""
@@ -276,13 +266,7 @@ class KernelSession:
     def _fail_pending(self, status: ExecStatus, reason: str) -> None:
         for ex in list(self.executions.values()):
             ex.fail(status, reason)
-        for call in list(self.calls.values()):
-            if not call.result.done():
-                text = f"{call.name} did not finish: {reason}"
-                call.result.set_result(
-                    ToolResult(call_id=call.call_id, content=[TextBlock(text=text)], is_error=True)
-                )
-        self.calls.clear()
+        self.gate.fail_all(reason, DeadKernelError if status == "dead" else KaimonError)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -335,38 +319,30 @@ class KernelSession:
 
     def _on_gate_message(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "comm_close":
-            return
-        message = parse_gate_message(data)
-        if isinstance(message, Refused | Welcome):
+            self.gate.closed()
+        else:
+            self.gate.feed(data)
+
+    def _on_gate_event(self, event: GateEvent) -> None:
+        if isinstance(event, Refused | Welcome):
             self._welcomed.set()
-        if isinstance(message, Refused):
-            self.state, self.problem = "refused", message.reason
-        elif isinstance(message, Welcome | ToolsChanged):
-            if isinstance(message, Welcome):
-                self.info = message.session
-            self.tools = message.tools
-            if self.on_tools_changed is not None:
-                self.on_tools_changed()
-        elif isinstance(message, EvalUpdate):
-            ex = self.executions.get(message.msg_id)
+        if isinstance(event, Refused):
+            self.state, self.problem = "refused", self.gate.problem
+        elif isinstance(event, Welcome | SessionChanged):
+            self.info = event.session
+            self.tools = self.gate.tools
+        elif isinstance(event, ToolsChanged):
+            self.tools = event.tools
+        elif isinstance(event, EvalUpdate):
+            ex = self.executions.get(event.msg_id)
             if ex is not None:
-                ex.stash.update(message.stash)
-                if message.progress is not None:
-                    ex.last_progress = message.progress
-                    ex.new_progress.append(message.progress)
-        elif isinstance(message, EvalRecords):
-            for fut in self._queries:
-                if not fut.done():
-                    fut.set_result(message.records)
-            self._queries.clear()
-        elif isinstance(message, ToolProgress):
-            call = self.calls.get(message.call_id)
-            if call is not None:
-                call.progress.put_nowait(message)
-        elif isinstance(message, ToolResult):
-            call = self.calls.pop(message.call_id, None)
-            if call is not None and not call.result.done():
-                call.result.set_result(message)
+                ex.stash.update(event.stash)
+                if event.progress is not None:
+                    ex.last_progress = event.progress
+                    ex.new_progress.append(event.progress)
+        # the namespace, hence the tool names, may change with the session's info
+        if isinstance(event, Welcome | SessionChanged | ToolsChanged) and self.on_tools_changed:
+            self.on_tools_changed()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -414,17 +390,12 @@ class KernelSession:
     def call_tool(self, name: str, arguments: dict[str, Any]) -> PendingCall:
         """Ask the gate to run tool ``name``; await ``.result`` (and read ``.progress``)."""
         self.usable()
-        call_id = uuid.uuid4().hex
-        future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
-        call = self.calls[call_id] = PendingCall(call_id, name, future)
-        request = CallTool(call_id=call_id, name=name, arguments=arguments)
-        self._send_to_gate(request)
-        return call
+        return self.gate.call_tool(name, arguments)
 
     def cancel_call(self, call_id: str) -> None:
         """Tell the gate the agent gave up: ``is_cancelled()`` turns true in the tool."""
         if self.state == "ready" and self.alive():
-            self._send_to_gate(CancelCall(call_id=call_id))
+            self.gate.cancel_call(call_id)
 
     def follow(self, msg_id: str, code: str, *, max_output: int = 6000) -> Execution:
         """Pick up an evaluation another server started (its output still flows on iopub)."""
@@ -437,35 +408,36 @@ class KernelSession:
     async def query_evals(self, msg_ids: list[str], timeout: float = 10.0) -> list[EvalRecord]:
         """Ask the gate what became of these evaluations (it keeps the recent ones)."""
         self.usable()
-        fut: asyncio.Future[list[EvalRecord]] = asyncio.get_running_loop().create_future()
-        self._queries.append(fut)
-        self._send_to_gate(EvalQuery(msg_ids=msg_ids))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise KernelTimeout(
-                f"session {self.key}'s gate did not answer within {timeout:.0f} s"
-            ) from None
+        return await self.gate.query_evals(msg_ids, timeout)
 
-    def set_mirror(self, on: bool) -> None:
+    def set_mirror(self, on: bool) -> asyncio.Future[None]:
+        """Turn the live view on or off; await the result to know the gate did."""
         self.usable()
-        self._send_to_gate(SetOption(mirror=on))
+        task = asyncio.ensure_future(self.gate.set_mirror(on))
+        task.add_done_callback(_logged)
+        return task
 
     def job_promoted(self, execution: Execution, eval_id: str) -> None:
         """Tell the gate (its live view) that ``execution`` is now a background job."""
         if self.state == "ready":
-            self._send_to_gate(JobPromoted(msg_id=execution.msg_id, eval_id=eval_id))
+            self.gate.job_promoted(execution.msg_id, eval_id)
 
-    def set_info(self, label: str | None, description: str | None) -> None:
-        """Ask the gate to relabel the session; the session file it rewrites carries it."""
+    async def set_info(self, label: str | None, description: str | None) -> SessionInfo:
+        """Relabel the session (None keeps a field, "" clears it); returns it as it now is."""
         self.usable()
-        self._send_to_gate(SetInfo(label=label, description=description))
+        self.info = await self.gate.set_info(label, description)
+        return self.info
 
-    def cancel_eval(self, execution: Execution) -> None:
-        """Cooperative cancel: ``is_cancelled()`` turns true in the running code."""
+    async def cancel_eval(
+        self, execution: Execution, timeout: float = 10.0
+    ) -> EvalCancelled | None:
+        """Cooperative cancel: ``is_cancelled()`` turns true in the running code, and the gate
+        says whether it runs now, is still queued (then it never runs) or already finished.
+        None when the gate cannot be asked (the kernel is gone)."""
         execution.cancel_requested = True
-        if self.state == "ready" and self.alive():
-            self._send_to_gate(CancelEval(msg_id=execution.msg_id))
+        if self.state != "ready" or not self.alive():
+            return None
+        return await self.gate.cancel_eval(execution.msg_id, timeout)
 
     async def interrupt(self) -> str:
         """Interrupt the kernel for real: an ``interrupt_request`` on the control channel
@@ -515,3 +487,8 @@ class KernelSession:
             ) from None
         finally:
             self._waiters.pop(msg["header"]["msg_id"], None)
+
+
+def _logged(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("%s", task.exception())

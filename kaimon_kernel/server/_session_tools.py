@@ -2,8 +2,6 @@
 
 # No `from __future__ import annotations`: the SDK resolves `Resolve(ask_the_person)` from
 # the evaluated annotation, and ask_the_person is a closure over the server's state.
-import asyncio
-import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -207,27 +205,18 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         label: Annotated[str | None, Field(description="a short name to call it by")] = None,
         description: Annotated[str | None, Field(description="what it is for")] = None,
     ) -> CallToolResult:
-        """Give a session a label and a description (what it is for), shown by list_sessions."""
+        """Give a session a label and a description (what it is for), shown by list_sessions.
+        An empty label or description clears it (the label falls back to the namespace)."""
         if label is None and description is None:
             return text_result("give a label, a description, or both", error=True)
         try:
             target = await kaimon.resolve(session)
-            target.set_info(label, description)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                await kaimon.registry.scan()
-                info = target.info
-                if (label is None or info.label == label) and (
-                    description is None or info.description == description
-                ):
-                    return text_result(
-                        f"session {target.key}: label {info.label!r}, "
-                        f"description {info.description!r}"
-                    )
-                await asyncio.sleep(0.05)
+            info = await target.set_info(label, description)
         except KaimonError as err:
             return text_result(str(err), error=True)
-        return text_result(f"session {target.key} did not confirm the change in time", error=True)
+        return text_result(
+            f"session {target.key}: label {info.label!r}, description {info.description!r}"
+        )
 
 
 GONE = (

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from ..._errors import KaimonError
 from ..._paths import resume_file_for, sessions_dir, write_private
-from ..._protocol import SessionInfo
+from ..._protocol import ProcessIdentity, SessionInfo
 from ..._settings import LaunchSettings
 from .._transport import ZmqTransport
 from ._base import LaunchRequest
@@ -42,40 +42,20 @@ logger = logging.getLogger(__name__)
 GATE_EXTENSION = "--ext=kaimon_kernel"
 
 
-@dataclass(frozen=True)
-class ProcessIdentity:
-    """A process as it was when first seen: a pid reused by another process does not match."""
-
-    pid: int
-    create_time: float
-
-    @classmethod
-    def of(cls, pid: int) -> ProcessIdentity | None:
-        try:
-            return cls(pid, psutil.Process(pid).create_time())
-        except (psutil.Error, ValueError, OverflowError):
-            return None
-
-    def process(self) -> psutil.Process | None:
-        """The live process, or None when it is gone, a zombie, or another one now."""
-        try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
-        except (psutil.Error, ValueError, OverflowError):
-            return None
-
-    def running(self) -> bool:
-        return self.process() is not None
+def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
+    """The live process ``identity`` names, or None when it is gone or another one now."""
+    if identity is None or identity.create_time is None or not identity.alive():
+        return None
+    try:
+        return psutil.Process(identity.pid)
+    except psutil.Error:
+        return None
 
 
 def pid_alive(pid: int) -> bool:
     """Whether some live (non-zombie) process has ``pid``: only for cleaning stale files."""
     identity = ProcessIdentity.of(pid)
-    return identity is not None and identity.running()
+    return identity is not None and identity.alive()
 
 
 def _read_session_file(path: Path) -> SessionInfo | None:
@@ -156,19 +136,20 @@ class LocalProvider:
             ) from None
 
     def identity(self, info: SessionInfo) -> ProcessIdentity | None:
-        """The identity of the kernel ``info`` names, as first seen (None when gone)."""
-        created = getattr(info, "pid_create_time", None)
+        """The identity of the kernel ``info`` names (the gate states it; else as first
+        seen), None when it is gone."""
         cache_key = (info.key, info.pid)
         if cache_key not in self._identities:
-            if created:
-                self._identities[cache_key] = ProcessIdentity(info.pid, created)
+            stated = info.kernel
+            if stated is not None and stated.pid == info.pid and stated.create_time:
+                self._identities[cache_key] = stated
             else:
                 self._identities[cache_key] = ProcessIdentity.of(info.pid)
         return self._identities[cache_key]
 
     def alive(self, info: SessionInfo) -> bool:
         identity = self.identity(info)
-        return identity is not None and identity.running()
+        return identity is not None and identity.alive()
 
     # -- kernels this server starts --------------------------------------------------------
 
@@ -237,8 +218,8 @@ class LocalProvider:
             _owner_file(key),
             json.dumps(
                 {
-                    "server": asdict(self._me) if self._me else None,
-                    "kernel": asdict(kernel) if kernel else None,
+                    "server": self._me.model_dump() if self._me else None,
+                    "kernel": kernel.model_dump() if kernel else None,
                     "connection_file": owned.manager.connection_file,
                 }
             ),
@@ -249,8 +230,7 @@ class LocalProvider:
         if owned is not None:
             await owned.manager.interrupt_kernel()
             return True
-        identity = self.identity(info)
-        proc = identity.process() if identity else None
+        proc = _process(self.identity(info))
         if proc is None or sys.platform == "win32":  # SIGINT would terminate it there
             return False
         proc.send_signal(signal.SIGINT)
@@ -289,7 +269,7 @@ def _identity_from(record: Any) -> ProcessIdentity | None:
     if not isinstance(record, dict):
         return None
     try:
-        return ProcessIdentity(int(record["pid"]), float(record["create_time"]))
+        return ProcessIdentity(pid=int(record["pid"]), create_time=float(record["create_time"]))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -311,10 +291,9 @@ def reap_orphans(directory: Path | None = None) -> list[int]:
             path.unlink(missing_ok=True)
             continue
         server = _identity_from(record.get("server"))
-        if server is not None and server.running():
+        if server is not None and server.alive():
             continue  # another running server's kernel
-        kernel = _identity_from(record.get("kernel"))
-        proc = kernel.process() if kernel else None
+        proc = _process(_identity_from(record.get("kernel")))
         if proc is not None:
             logger.warning("stopping kernel pid %s: the server that started it is gone", proc.pid)
             with contextlib.suppress(psutil.Error):

@@ -12,7 +12,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from kaimon_kernel._protocol import COMM_TARGET, ProcessIdentity, SessionInfo, Welcome
+from kaimon_kernel._protocol import COMM_TARGET, ProcessIdentity, SessionInfo, ToolSpec, Welcome
 
 
 def session_info(key: str = "k1", **changes: Any) -> SessionInfo:
@@ -45,6 +45,7 @@ class FakeKernel:
         self.comms: set[str] = set()
         self.closed = False
         self.alive = True
+        self.tools: list[ToolSpec] = []
 
     # -- Transport -----------------------------------------------------------------------------
 
@@ -92,7 +93,9 @@ class FakeKernel:
             self.comms.add(content["comm_id"])
             hello = content["data"]
             kernel = ProcessIdentity(pid=self.info.pid, create_time=1.0)
-            welcome = Welcome(request_id=hello["id"], session=self.info, kernel=kernel)
+            welcome = Welcome(
+                request_id=hello["id"], session=self.info, kernel=kernel, tools=self.tools
+            )
             welcome = welcome.model_dump(mode="json")
             self.iopub(None, "comm_msg", {"comm_id": content["comm_id"], "data": welcome})
         elif kind == "comm_close":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from typing import Any
 
@@ -117,14 +116,20 @@ def autoserve_from_env(shell: Any) -> None:
 
     The variables are removed so that processes the kernel starts do not inherit them.
     """
-    if os.environ.pop("KAIMON_AUTOSERVE", "") not in ("1", "true", "yes"):
+    from .._settings import LaunchSettings, SettingsError
+
+    try:
+        launch = LaunchSettings.pop_from_env()
+    except SettingsError as err:
+        print(f"kaimon: not serving: {err}")
         return
-    started_by = os.environ.pop("KAIMON_STARTED_BY", "person")
+    if not launch.autoserve:
+        return
     current_gate(shell).serve(
-        namespace=os.environ.pop("KAIMON_NAMESPACE", None) or None,
-        label=os.environ.pop("KAIMON_LABEL", None) or None,
-        key=os.environ.pop("KAIMON_SESSION_KEY", None) or None,
-        started_by="agent" if started_by == "agent" else "person",
+        namespace=launch.namespace,
+        label=launch.label,
+        key=launch.session_key,
+        started_by=launch.started_by,
     )
 
 

@@ -72,8 +72,9 @@ class KernelSession:
         self.state: Literal["connecting", "ready", "refused", "dead", "closed"] = "connecting"
         self.problem = ""
         self.tools: list[ToolSpec] = []
-        #: Called when the gate's tools or the session's info change (set by the registry).
+        #: Called when the gate's tools, or the session's info, change (set by the registry).
         self.on_tools_changed: Callable[[], object] | None = None
+        self.on_info_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
         self.gate = GateClient(
             self._send_to_gate, name=f"session {info.key}", server=ProcessIdentity.current()
@@ -340,6 +341,8 @@ class KernelSession:
                 if event.progress is not None:
                     ex.last_progress = event.progress
                     ex.new_progress.append(event.progress)
+        if isinstance(event, SessionChanged) and self.on_info_changed:
+            self.on_info_changed()
         # the namespace, hence the tool names, may change with the session's info
         if isinstance(event, Welcome | SessionChanged | ToolsChanged) and self.on_tools_changed:
             self.on_tools_changed()

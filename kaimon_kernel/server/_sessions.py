@@ -100,6 +100,7 @@ class Registry:
                     continue
                 session = KernelSession(info, provider)
                 session.on_tools_changed = lambda key=key: self.bus.publish(ToolsChanged(key))
+                session.on_info_changed = lambda key=key: self.bus.publish(SessionChanged(key))
                 self.sessions[key] = session
                 task = asyncio.create_task(self._connect(session), name=f"connect-{key}")
                 self._background.add(task)
@@ -129,10 +130,6 @@ class Registry:
         if was_ready:
             self.bus.publish(SessionWent(key, reason))
             self.bus.publish(ToolsChanged(key))
-
-    def changed(self, session: KernelSession) -> None:
-        """A session's info changed (label, flags): tell the fronts."""
-        self.bus.publish(SessionChanged(session.key))
 
     async def wait_for(self, key: str, timeout: float) -> KernelSession | None:
         """Wait until session ``key`` is known and connected, or the deadline passes."""

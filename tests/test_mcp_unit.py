@@ -1,0 +1,70 @@
+"""The MCP layer in-process (the SDK's in-memory client) over a core whose kernels are fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from fakes import FakeKernel, FakeProvider, session_info
+from mcp import Client
+
+from kaimon_kernel._protocol import ToolSpec
+from kaimon_kernel.server import _mcp
+from kaimon_kernel.server._core import Kaimon, ServerOptions
+from kaimon_kernel.server._events import SessionChanged, ToolCallFinished
+from kaimon_kernel.server._sessions import Registry
+
+pytestmark = pytest.mark.anyio
+
+HANG = ToolSpec(name="hang", input_schema={"type": "object", "properties": {}})
+
+
+@pytest.fixture
+async def kaimon() -> AsyncIterator[Kaimon]:
+    provider = FakeProvider()
+    kernel = provider.add(FakeKernel(session_info("k1", namespace="fake")))
+    kernel.tools = [HANG]
+    core = Kaimon(ServerOptions(auto_start=False), Registry([provider]))
+    await core.registry.first()
+    await core.registry.sessions["k1"].wait_ready(5)
+    yield core
+    await core.registry.close()
+    await core.store.aclose()
+
+
+async def test_a_gate_tool_on_a_frozen_kernel_returns_at_its_deadline(
+    kaimon: Kaimon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_mcp, "DEFAULT_TOOL_TIMEOUT", 0.3)
+    finished: list[ToolCallFinished] = []
+    kaimon.bus.subscribe(finished.append, ToolCallFinished)
+    async with Client(_mcp.build_mcp(kaimon)) as client:
+        result = await asyncio.wait_for(client.call_tool("fake_hang", {}), 10)
+    assert result.is_error
+    assert "timed out after 0.3 s" in result.content[0].text  # type: ignore[union-attr]
+    assert finished and finished[0].is_error
+
+
+async def test_a_core_error_reaches_the_agent_as_what_to_do(kaimon: Kaimon) -> None:
+    async with Client(_mcp.build_mcp(kaimon)) as client:
+        result = await client.call_tool("check_eval", {"eval_id": "zz"})
+        unknown = await client.call_tool("list_jobs", {"limt": 3})
+    assert result.is_error
+    assert "is not an eval id" in result.content[0].text  # type: ignore[union-attr]
+    assert unknown.is_error
+    text = unknown.content[0].text  # type: ignore[union-attr]
+    assert "unknown argument 'limt'" in text and "limit" in text
+
+
+async def test_a_relabelled_session_is_announced_on_the_bus(kaimon: Kaimon) -> None:
+    seen: list[object] = []
+    kaimon.bus.subscribe(seen.append, SessionChanged)
+    session = kaimon.registry.sessions["k1"]
+    kernel = session.provider.kernels["k1"]  # type: ignore[attr-defined]
+    from kaimon_kernel._protocol import SessionChanged as GateSessionChanged
+
+    changed = GateSessionChanged(session=session.info.model_copy(update={"label": "new"}))
+    kernel.iopub(None, "comm_msg", {"comm_id": session._comm_id, "data": changed.model_dump()})
+    assert session.info.label == "new"
+    assert SessionChanged("k1") in seen

@@ -10,7 +10,7 @@ from fakes import FakeKernel, FakeProvider, session_info
 from mcp import Client
 
 from kaimon_kernel._protocol import ToolSpec
-from kaimon_kernel.server import _mcp
+from kaimon_kernel.server import _core, _mcp
 from kaimon_kernel.server._core import Kaimon, ServerOptions
 from kaimon_kernel.server._events import SessionChanged, ToolCallFinished
 from kaimon_kernel.server._sessions import Registry
@@ -36,7 +36,7 @@ async def kaimon() -> AsyncIterator[Kaimon]:
 async def test_a_gate_tool_on_a_frozen_kernel_returns_at_its_deadline(
     kaimon: Kaimon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_mcp, "DEFAULT_TOOL_TIMEOUT", 0.3)
+    monkeypatch.setattr(_core, "DEFAULT_TOOL_TIMEOUT", 0.3)
     finished: list[ToolCallFinished] = []
     kaimon.bus.subscribe(finished.append, ToolCallFinished)
     async with Client(_mcp.build_mcp(kaimon)) as client:

@@ -21,7 +21,7 @@ from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
 from .._output import OutputCapture
 from .._paths import data_dir
-from .._protocol import ToolSpec
+from .._protocol import TextBlock, ToolProgress, ToolResult, ToolSpec
 from ._blocks import BlockStore
 from ._db import Database
 from ._events import (
@@ -30,7 +30,8 @@ from ._events import (
     ExecutionStarted,
     JobFinished,
     JobPromoted,
-    ToolsChanged,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from ._execution import Execution
 from ._jobs import Job, JobStatus, JobStore
@@ -49,6 +50,8 @@ RESTART_TIMEOUT = 60.0
 EXPORT_MAX_BLOCKS = 10_000
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
+# A gate tool without its own timeout still gets one: a frozen kernel must not hang the agent.
+DEFAULT_TOOL_TIMEOUT = 300.0
 
 
 def _wall(monotonic: float | None) -> float | None:
@@ -623,8 +626,62 @@ class Kaimon:
             slots[session.key] = next(n for n in range(1, len(live) + 2) if n not in live)
         return slots[session.key]
 
-    def tools_changed(self, key: str) -> None:
-        self.bus.publish(ToolsChanged(key))
+    async def call_tool(
+        self, ref: GateToolRef, arguments: dict[str, Any]
+    ) -> AsyncIterator[ToolProgress | ToolResult]:
+        """Call a gate tool: its progress as it comes, then its result (always last).
+
+        Every call has a deadline (the tool's own timeout, else :data:`DEFAULT_TOOL_TIMEOUT`):
+        past it, or when the caller gives up, the tool is told to stop."""
+        session = ref.session
+        call = session.call_tool(ref.spec.name, arguments)
+        self.bus.publish(ToolCallStarted(session.key, ref.mcp_name, call.call_id))
+        started = time.monotonic()
+        timeout = ref.spec.timeout if ref.spec.timeout is not None else DEFAULT_TOOL_TIMEOUT
+        last_note = 0.0
+        result: ToolResult | None = None
+        try:
+            while result is None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(call.result), PROGRESS_INTERVAL)
+                while not call.progress.empty():
+                    yield call.progress.get_nowait()
+                now = time.monotonic()
+                if call.result.done():
+                    result = call.result.result()
+                elif now - started > timeout:
+                    session.cancel_call(call.call_id)
+                    session.calls.pop(call.call_id, None)
+                    result = _error_result(
+                        call.call_id,
+                        f"{ref.mcp_name} timed out after {timeout:g} s; the tool was told to "
+                        "stop (kaimon_kernel.is_cancelled() is now true in it)",
+                    )
+                elif (
+                    session.subshell_id is None
+                    and session.activity.busy_since is not None
+                    and now - last_note >= WAIT_NOTE_INTERVAL
+                ):
+                    last_note = now
+                    yield ToolProgress(
+                        call_id=call.call_id,
+                        message=f"[waiting: the kernel is {session.activity.describe()}]",
+                    )
+        except (asyncio.CancelledError, GeneratorExit):
+            session.cancel_call(call.call_id)
+            session.calls.pop(call.call_id, None)
+            raise
+        finally:
+            self.bus.publish(
+                ToolCallFinished(
+                    session.key,
+                    ref.mcp_name,
+                    call.call_id,
+                    result is None or result.is_error,
+                    time.monotonic() - started,
+                )
+            )
+        yield result
 
 
 def _seed(execution: Execution, before: str) -> None:
@@ -637,6 +694,10 @@ def _seed(execution: Execution, before: str) -> None:
     capture = OutputCapture(limit=execution.capture.limit)
     capture.add_text(before + since[overlap:])
     execution.capture = capture
+
+
+def _error_result(call_id: str, text: str) -> ToolResult:
+    return ToolResult(call_id=call_id, content=[TextBlock(text=text)], is_error=True)
 
 
 async def _wait(execution: Execution, timeout: float) -> bool:

@@ -26,7 +26,7 @@ from .._errors import KaimonError
 from .._protocol import ImageBlock, ToolResult
 from ._block_tools import add_block_tools
 from ._core import GateToolRef, Kaimon
-from ._events import SessionCame, SessionWent, ToolCallFinished, ToolCallStarted, ToolsChanged
+from ._events import SessionCame, SessionWent, ToolsChanged
 from ._instructions import INSTRUCTIONS
 from ._policy import refuse_unknown_arguments
 from ._results import text_result
@@ -38,13 +38,9 @@ __all__ = ["KaimonMCP", "build_mcp"]
 logger = logging.getLogger(__name__)
 
 MODERN_PROTOCOL = "2026-07-28"
-PROGRESS_INTERVAL = 0.25
-WAIT_NOTE_INTERVAL = 5.0
 # How long after a session is found a call to an unknown tool waits for it to connect; a
 # session that never answers costs a wrong name nothing once this has passed.
 CONNECT_GRACE = 5.0
-# A gate tool without its own timeout still gets one: a frozen kernel must not hang the agent.
-DEFAULT_TOOL_TIMEOUT = 300.0
 
 
 class KaimonMCP(MCPServer):
@@ -157,66 +153,14 @@ class KaimonMCP(MCPServer):
     async def _call_gate_tool(
         self, ref: GateToolRef, arguments: dict[str, Any], ctx: Context | None
     ) -> CallToolResult:
-        session = ref.session
-        call = session.call_tool(ref.spec.name, arguments)
-        bus = self.kaimon.bus
-        bus.publish(ToolCallStarted(session.key, ref.mcp_name, call.call_id))
-        started = time.monotonic()
-        timeout = ref.spec.timeout if ref.spec.timeout is not None else DEFAULT_TOOL_TIMEOUT
         sent = 0
-        last_note = 0.0
-        result: CallToolResult | None = None
-        try:
-            while not call.result.done():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(call.result), PROGRESS_INTERVAL)
-                messages = []
-                while not call.progress.empty():
-                    messages.append(call.progress.get_nowait())
-                now = time.monotonic()
-                if (
-                    not messages
-                    and not call.result.done()
-                    and session.subshell_id is None
-                    and session.activity.busy_since is not None
-                    and now - last_note >= WAIT_NOTE_INTERVAL
-                ):
-                    last_note = now
-                    note = f"[waiting: the kernel is {session.activity.describe()}]"
-                    await _progress(ctx, sent, None, note)
-                for update in messages:
-                    sent += 1
-                    value = update.progress if update.progress is not None else sent
-                    await _progress(ctx, value, update.total, update.message)
-                if not call.result.done() and now - started > timeout:
-                    session.cancel_call(call.call_id)
-                    session.calls.pop(call.call_id, None)
-                    result = text_result(
-                        f"{ref.mcp_name} timed out after {timeout:g} s; the tool was told to "
-                        "stop (kaimon_kernel.is_cancelled() is now true in it)",
-                        error=True,
-                    )
-                    return result
-        except asyncio.CancelledError:
-            session.cancel_call(call.call_id)
-            session.calls.pop(call.call_id, None)
-            raise
-        finally:
-            is_error = (
-                result.is_error
-                if result is not None
-                else (not call.result.done() or call.result.result().is_error)
-            )
-            bus.publish(
-                ToolCallFinished(
-                    session.key,
-                    ref.mcp_name,
-                    call.call_id,
-                    bool(is_error),
-                    time.monotonic() - started,
-                )
-            )
-        return _tool_result(call.result.result())
+        async for update in self.kaimon.call_tool(ref, arguments):
+            if isinstance(update, ToolResult):
+                return _tool_result(update)
+            sent += 1
+            value = update.progress if update.progress is not None else sent
+            await _progress(ctx, value, update.total, update.message)
+        raise AssertionError("a tool call ends with its result")
 
     # -- tools/list_changed ------------------------------------------------------------------
 

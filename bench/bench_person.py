@@ -1,0 +1,97 @@
+"""What sharing costs the person: their own cell on a served kernel versus an unserved one.
+
+    python bench/bench_person.py [--n 400]
+
+Two kernels with the same imports (kaimon_kernel imported, the extension loaded); one ran
+`%kaimon serve` and a kaimon server (stdio) is connected to it, the other was never served.
+The person's cell is `x = 1` through a raw jupyter_client (execute_request to execute_reply
+and iopub idle), interleaved rounds on both kernels. Prints p50/p99 in ms and the ratio to
+the unserved kernel. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from _common import RawClient, interleaved, print_table  # isolates Jupyter dirs first
+from jupyter_client.manager import KernelManager
+from mcp import Client, StdioServerParameters
+
+SETUP = "import kaimon_kernel\n%load_ext kaimon_kernel"
+
+
+def person_once(raw: RawClient, code: str = "x = 1") -> Callable[[], Awaitable[float]]:
+    """One cell of the person's, timed from execute_request to reply and iopub idle."""
+    kc = raw.kc
+
+    async def once() -> float:
+        while await kc.iopub_channel.msg_ready():  # what else came on iopub: not this cell's
+            await kc.get_iopub_msg(timeout=1)
+        t = time.perf_counter()
+        msg_id = kc.execute(code)
+        idle = reply = False
+        while not (idle and reply):
+            if not reply:
+                r = await kc.get_shell_msg(timeout=10)
+                reply = r["parent_header"].get("msg_id") == msg_id
+            if not idle:
+                m = await kc.get_iopub_msg(timeout=10)
+                idle = (
+                    m["parent_header"].get("msg_id") == msg_id
+                    and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle"
+                )
+        return time.perf_counter() - t
+
+    return once
+
+
+def start_kernel(setup: str) -> KernelManager:
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=30)
+    reply = kc.execute_interactive(setup, timeout=30)
+    assert reply["content"]["status"] == "ok", reply
+    kc.stop_channels()
+    return km
+
+
+async def main(n: int) -> None:
+    served = start_kernel(SETUP + "\n%kaimon serve --label person-bench")
+    unserved = start_kernel(SETUP)
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "kaimon_kernel", "serve"], env=dict(os.environ)
+    )
+    try:
+        async with (
+            Client(params, read_timeout_seconds=60) as agent,
+            RawClient(served.connection_file) as on_served,
+            RawClient(unserved.connection_file) as on_unserved,
+        ):
+            # the server is connected (its gate comm open) once an ex went through
+            r = await agent.call_tool("ex", {"code": "1+1", "session": "person-bench"})
+            assert r.content[0].text.strip() == "2", r
+            results = await interleaved(
+                {
+                    "unserved kernel": person_once(on_unserved),
+                    "served, server connected": person_once(on_served),
+                },
+                n,
+            )
+    finally:
+        served.shutdown_kernel(now=True)
+        unserved.shutdown_kernel(now=True)
+    print_table("the person's cell `x = 1`, raw jupyter_client, interleaved rounds of 10", results)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=400)
+    asyncio.run(main(ap.parse_args().n))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -53,11 +54,11 @@ def person_once(raw: RawClient, code: str = "x = 1") -> Callable[[], Awaitable[f
 
 def start_kernel(setup: str) -> KernelManager:
     km = KernelManager(kernel_name="python3")
-    km.start_kernel()
+    km.start_kernel(stderr=subprocess.DEVNULL)
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=30)
-    reply = kc.execute_interactive(setup, timeout=30)
+    reply = kc.execute_interactive(setup, timeout=30, output_hook=lambda msg: None)
     assert reply["content"]["status"] == "ok", reply
     kc.stop_channels()
     return km

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 __all__ = ["Image", "OutputCapture", "as_shown", "strip_ansi"]
 
 #: A display with a display_id sits in the text as a token, rendered with its latest content.
-_SLOT = re.compile("\ue000(\\d+)\ue001")
+_SLOT = re.compile("\ue000(\\d+)\ue001\n?")  # its own line: a later \r cannot erase it
 _SLOT_CUT_END = re.compile("\ue000\\d*$")  # a token cut where the head ends
 _SLOT_CUT_START = re.compile("^\\d*\ue001")  # ... or where the tail starts
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
@@ -207,7 +207,7 @@ class OutputCapture:
         self._set(display, data)
         self._by_id.setdefault(display_id, []).append(display)
         self._displays.append(display)
-        self._text.add(f"\ue000{len(self._displays) - 1}\ue001")
+        self._text.add(f"\ue000{len(self._displays) - 1}\ue001\n")
         if display.text:
             self._new.add(display.text)
             if self.sink is not None:

@@ -201,3 +201,12 @@ def test_the_gate_keeps_an_agent_evaluation_reduced_for_recovery(person: PersonK
     )
     assert status == "ok", out
     assert json.loads(out) == "frame 59\n"
+
+
+def test_a_carriage_return_after_a_display_does_not_erase_it() -> None:
+    cap = OutputCapture()
+    cap.add_message("display_data", display({"text/plain": "table"}, "t"))
+    cap.add_text("\r50%\r100%\n")
+    cap.add_message("display_data", display({"image/png": "PNG"}, "img"))
+    cap.add_text("end\n")
+    assert cap.text() == "table\n100%\nend\n"

@@ -2,6 +2,10 @@
 
 A 10 MB print must neither reach the agent whole nor grow the server's memory: the text
 keeps at most ``limit`` characters (half head, half tail) and counts what it cut.
+
+Outputs reduce as a notebook reduces them (nbclient): an ``update_display_data`` replaces
+the display whose ``display_id`` it names instead of adding one, and ``clear_output`` drops
+what was shown so far (with ``wait=True``, when the next output comes).
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["Image", "OutputCapture", "as_shown", "strip_ansi"]
 
+#: A display with a display_id sits in the text as a token, rendered with its latest content.
+_SLOT = re.compile("\ue000(\\d+)\ue001\n?")  # its own line: a later \r cannot erase it
+_SLOT_CUT_END = re.compile("\ue000\\d*$")  # a token cut where the head ends
+_SLOT_CUT_START = re.compile("^\\d*\ue001")  # ... or where the tail starts
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 #: Images larger than this (base64 characters) are not sent; a note says so instead.
 #: The SDK's HTTP client rejects one streamed event over 1 MiB.
@@ -92,12 +100,21 @@ class _HeadTail:
     def text(self) -> str:
         if self.cut <= 0:
             return as_shown("".join(self.head) + "".join(self.tail))
-        head = as_shown("".join(self.head))
-        tail = as_shown("".join(self.tail))
+        head = _SLOT_CUT_END.sub("", as_shown("".join(self.head)))
+        tail = _SLOT_CUT_START.sub("", as_shown("".join(self.tail)))
         return (
             f"{head}\n… [{self.cut:,} of {self.total:,} characters cut; "
             f"showing the first {self.head_len:,} and the last {self.tail_len:,}] …\n{tail}"
         )
+
+
+@dataclass
+class _Display:
+    """A display with a display_id: shown once, with the latest content it was given."""
+
+    display_id: str
+    text: str = ""
+    image: Image | None = None
 
 
 @dataclass
@@ -116,35 +133,144 @@ class OutputCapture:
         self._text = _HeadTail(self.limit)
         self._new = _HeadTail(self.stream_limit)
         self._images_b64 = 0
+        self._displays: list[_Display] = []
+        self._by_id: dict[str, list[_Display]] = {}
+        self._updated: dict[str, _Display] = {}  # updated since the last take_new
+        self._clear_pending = False
+
+    def add_message(self, msg_type: str, content: dict[str, object]) -> bool:
+        """Take one iopub message's content; returns whether it was output (else ignored)."""
+        transient = content.get("transient")
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
+        data = content.get("data")
+        if msg_type == "stream":
+            self.add_text(str(content.get("text", "")))
+        elif msg_type in ("execute_result", "display_data") and isinstance(data, dict):
+            self.add_bundle(data, display_id=display_id if isinstance(display_id, str) else None)
+        elif msg_type == "update_display_data" and isinstance(data, dict):
+            if isinstance(display_id, str):
+                self.add_bundle(data, display_id=display_id, update=True)
+        elif msg_type == "clear_output":
+            self.clear(wait=bool(content.get("wait", False)))
+        elif msg_type == "error":
+            traceback = content.get("traceback")
+            self.add_error(
+                str(content.get("ename", "Error")),
+                str(content.get("evalue", "")),
+                [str(line) for line in traceback] if isinstance(traceback, list) else [],
+            )
+        else:
+            return False
+        return True
 
     def add_text(self, text: str) -> None:
-        text = strip_ansi(text)
+        self._before_output()
+        self._add_text(strip_ansi(text))
+
+    def _add_text(self, text: str) -> None:
         self._text.add(text)
         self._new.add(text)
         if self.sink is not None:
             self.sink(text)
 
-    def add_bundle(self, data: dict[str, object]) -> None:
-        """An execute_result or display_data bundle: an image if there is one, else text."""
+    def add_bundle(
+        self, data: dict[str, object], *, display_id: str | None = None, update: bool = False
+    ) -> None:
+        """An execute_result or display_data bundle: an image if there is one, else text.
+
+        With a ``display_id``, later bundles naming it replace it where it is shown
+        (``update=True`` is an ``update_display_data``: it adds nothing new, as in a notebook,
+        unless the display was never shown here, e.g. it was made by an earlier cell)."""
+        if display_id is None:
+            self._before_output()
+            image = self._image_of(data)
+            if isinstance(image, Image):
+                self.images.append(image)
+            elif image is not None:
+                self.notes.append(image)
+            else:
+                text = self._text_of(data)
+                if text:
+                    self._add_text(text)
+            return
+        shown = self._by_id.get(display_id, [])
+        if not update or not shown:
+            self._before_output()
+        for display in shown:  # a notebook updates every output showing this id
+            self._set(display, data)
+        if shown and update:
+            self._updated[display_id] = shown[-1]
+            if self.sink is not None and shown[-1].text:
+                self.sink(shown[-1].text)
+            return
+        display = _Display(display_id)
+        self._set(display, data)
+        self._by_id.setdefault(display_id, []).append(display)
+        self._displays.append(display)
+        self._text.add(f"\ue000{len(self._displays) - 1}\ue001\n")
+        if display.text:
+            self._new.add(display.text)
+            if self.sink is not None:
+                self.sink(display.text)
+
+    def _set(self, display: _Display, data: dict[str, object]) -> None:
+        old = display.image
+        if old is not None:
+            self.images[:] = [i for i in self.images if i is not old]
+            self._images_b64 -= len(old.data)
+            display.image = None
+        image = self._image_of(data)
+        if isinstance(image, Image):
+            self.images.append(image)
+            display.image, display.text = image, ""
+        else:  # its text, or the note saying its image was too large
+            display.text = image + "\n" if image is not None else self._text_of(data)
+
+    @staticmethod
+    def _text_of(data: dict[str, object]) -> str:
+        plain = data.get("text/plain")
+        if not isinstance(plain, str):
+            return ""
+        plain = strip_ansi(plain)
+        return plain if plain.endswith("\n") else plain + "\n"
+
+    def _image_of(self, data: dict[str, object]) -> Image | str | None:
+        """The bundle's image within the budget, a note when too large, None if it has none."""
         for mime in IMAGE_TYPES:
             b64 = data.get(mime)
-            if isinstance(b64, str):
-                self._add_image(mime, b64.replace("\n", ""))
-                return
-        plain = data.get("text/plain")
-        if isinstance(plain, str):
-            self.add_text(plain if plain.endswith("\n") else plain + "\n")
+            if not isinstance(b64, str):
+                continue
+            b64 = b64.replace("\n", "")
+            size = len(b64)
+            if size > MAX_IMAGE_B64 or self._images_b64 + size > MAX_IMAGES_B64_TOTAL:
+                return (
+                    f"[an {mime} image of {size * 3 // 4:,} bytes was not sent: too large for "
+                    "one MCP message; save it to a file or shrink it]"
+                )
+            self._images_b64 += size
+            return Image(mime, b64)
+        return None
 
-    def _add_image(self, mime: str, b64: str) -> None:
-        size = len(b64)
-        if size > MAX_IMAGE_B64 or self._images_b64 + size > MAX_IMAGES_B64_TOTAL:
-            self.notes.append(
-                f"[an {mime} image of {size * 3 // 4:,} bytes was not sent: too large for one "
-                "MCP message; save it to a file or shrink it]"
-            )
+    def clear(self, *, wait: bool = False) -> None:
+        """``clear_output``: drop what was shown so far (``wait``: when the next output comes).
+
+        The sink (the block's file) keeps everything."""
+        if wait:
+            self._clear_pending = True
             return
-        self._images_b64 += size
-        self.images.append(Image(mime, b64))
+        self._clear_pending = False
+        self._text = _HeadTail(self.limit)
+        self._new = _HeadTail(self.stream_limit)
+        self.images.clear()
+        self.notes.clear()
+        self._images_b64 = 0
+        self._displays.clear()
+        self._by_id.clear()
+        self._updated.clear()
+
+    def _before_output(self) -> None:
+        if self._clear_pending:
+            self.clear()
 
     def add_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         tb = strip_ansi("\n".join(traceback)) if traceback else f"{ename}: {evalue}"
@@ -160,16 +286,24 @@ class OutputCapture:
         """Characters left out of :meth:`text` (they are in the block's file)."""
         return self._text.cut
 
+    def _render(self, text: str) -> str:
+        if not self._displays:
+            return text
+        return _SLOT.sub(lambda m: self._displays[int(m.group(1))].text, text)
+
     def text(self) -> str:
-        body = self._text.text()
+        body = self._render(self._text.text())
         if self.notes:
             body += "\n".join(self.notes) + "\n"
         return body
 
     def take_new(self) -> str:
-        """The text added since the last call (bounded), for progress notifications."""
-        if self._new.total == 0:
-            return ""
-        text = self._new.text()
-        self._new = _HeadTail(self.stream_limit)
+        """The text added since the last call (bounded), for progress notifications; a
+        display updated meanwhile shows its latest content once."""
+        text = self._new.text() if self._new.total else ""
+        if self._updated:
+            text += "".join(d.text for d in self._updated.values())
+            self._updated.clear()
+        if self._new.total:
+            self._new = _HeadTail(self.stream_limit)
         return text

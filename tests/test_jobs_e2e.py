@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import HttpServer, PersonKernel, stdio_client, text_of
+from conftest import HttpServer, PersonKernel, stdio_client, text_of, wait_until
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,6 +31,13 @@ async def wait_status(client: Any, eval_id: str, timeout: float = 30) -> Any:
     raise AssertionError(f"job {eval_id} still running after {timeout} s:\n{text_of(check)}")
 
 
+def gate_knows_a_server(person: PersonKernel) -> None:
+    wait_until(
+        lambda: "connected: kaimon server" in person.run("%kaimon status")[1],
+        what="the gate to take the server's comm",
+    )
+
+
 async def test_a_promoted_job_keeps_collecting_with_stash_and_progress(person) -> None:
     progress: list[str] = []
 
@@ -47,6 +54,10 @@ async def test_a_promoted_job_keeps_collecting_with_stash_and_progress(person) -
         "'trained'"
     )
     async with stdio_client("--promote-after", "0.6") as client:
+        # The server sends its comm_open (to a subshell) and may send ex's code (to the main
+        # shell) before the gate has taken the comm: progress and stash sent meanwhile have
+        # no server to go to. This test is about promotion: start once the gate knows it.
+        await anyio.to_thread.run_sync(gate_knows_a_server, person)
         result = await client.call_tool("ex", {"code": code}, progress_callback=on_progress)
         eval_id = result.structured_content["eval_id"]
         assert f"eval_id: {eval_id}" in text_of(result)

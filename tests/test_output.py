@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from conftest import DEADLINE, PersonKernel, stdio_client, text_of
+
 from kaimon_kernel._output import MAX_IMAGE_B64, OutputCapture, as_shown, strip_ansi
+from kaimon_kernel._protocol import EVAL_METADATA_KEY
+
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+UPDATES = (
+    "from IPython.display import display\n"
+    "h = display('step 0', display_id=True)\n"
+    "for i in range(1, 201):\n"
+    "    h.update(f'step {i}')\n"
+)
+CLEARS = (
+    "import base64\nfrom IPython.display import Image, clear_output, display\n"
+    "print('before')\n"
+    "clear_output()\n"
+    f"png = base64.b64decode('{PNG}')\n"
+    "for i in range(60):\n"
+    "    clear_output(wait=True)\n"
+    "    display(Image(data=png, format='png'))\n"
+    "    print(f'frame {i}')\n"
+)
 
 
 def test_short_output_is_kept_whole() -> None:
@@ -54,3 +81,132 @@ def test_images_are_kept_unless_too_large_for_one_message() -> None:
     cap.add_bundle({"image/png": "A" * (MAX_IMAGE_B64 + 1)})
     assert [i.data for i in cap.images] == ["iVBOR"]
     assert "was not sent: too large" in cap.text()
+
+
+def display(data: dict[str, str], display_id: str) -> dict[str, object]:
+    return {"data": data, "metadata": {}, "transient": {"display_id": display_id}}
+
+
+def test_an_update_replaces_the_display_it_names_where_it_was_shown() -> None:
+    cap = OutputCapture()
+    cap.add_text("before\n")
+    cap.add_message("display_data", display({"text/plain": "0%"}, "bar"))
+    cap.add_text("after\n")
+    for i in range(1, 201):
+        cap.add_message("update_display_data", display({"text/plain": f"{i}/200"}, "bar"))
+    assert cap.text() == "before\n200/200\nafter\n"
+
+
+def test_an_update_of_a_display_not_shown_here_shows_once_with_its_latest_content() -> None:
+    cap = OutputCapture()
+    for i in range(50):
+        cap.add_message("update_display_data", display({"text/plain": f"state {i}"}, "other"))
+    assert cap.text() == "state 49\n"
+
+
+def test_updated_images_replace_each_other_and_keep_the_image_budget() -> None:
+    cap = OutputCapture()
+    frames = [chr(ord("A") + i) * 600_000 for i in range(20)]  # two would pass the budget
+    cap.add_message("display_data", display({"image/png": frames[0]}, "plot"))
+    for frame in frames[1:]:
+        cap.add_message("update_display_data", display({"image/png": frame}, "plot"))
+    assert [i.data for i in cap.images] == [frames[-1]]
+    assert "not sent" not in cap.text()
+    cap.add_message("update_display_data", display({"text/plain": "gone"}, "plot"))
+    assert cap.images == [] and cap.text() == "gone\n"
+
+
+def test_clear_output_drops_what_was_shown_before_it() -> None:
+    cap = OutputCapture()
+    cap.add_text("old line\n")
+    cap.add_bundle({"image/png": "OLD"})
+    cap.add_message("clear_output", {"wait": False})
+    cap.add_text("new line\n")
+    assert cap.text() == "new line\n"
+    assert cap.images == []
+
+
+def test_clear_output_with_wait_clears_when_the_next_output_comes() -> None:
+    cap = OutputCapture()
+    for i in range(100):  # the clear_output(wait=True); display(fig) loop
+        cap.add_message("clear_output", {"wait": True})
+        cap.add_message("display_data", {"data": {"image/png": f"FRAME{i}", "text/plain": "<F>"}})
+        assert [im.data for im in cap.images] == [f"FRAME{i}"]
+    cap.add_message("clear_output", {"wait": True})
+    assert [im.data for im in cap.images] == ["FRAME99"]  # nothing came after: still shown
+    cap.add_text("done\n")
+    assert cap.text() == "done\n" and cap.images == []
+
+
+def test_the_block_file_keeps_the_raw_text_while_the_reply_is_reduced() -> None:
+    sink: list[str] = []
+    cap = OutputCapture(sink=sink.append)
+    cap.add_text("first\n")
+    cap.add_message("clear_output", {"wait": False})
+    cap.add_message("display_data", display({"text/plain": "a"}, "d"))
+    cap.add_message("update_display_data", display({"text/plain": "b"}, "d"))
+    assert cap.text() == "b\n"
+    assert "".join(sink) == "first\na\nb\n"
+
+
+def test_progress_shows_a_display_updated_since_the_last_time_once() -> None:
+    cap = OutputCapture()
+    cap.add_message("display_data", display({"text/plain": "0%"}, "bar"))
+    assert cap.take_new() == "0%\n"
+    for i in range(1, 100):
+        cap.add_message("update_display_data", display({"text/plain": f"{i}%"}, "bar"))
+    assert cap.take_new() == "99%\n"
+    assert cap.take_new() == ""
+
+
+def test_displays_survive_a_long_output_cut_in_the_middle() -> None:
+    cap = OutputCapture(limit=100)
+    cap.add_message("display_data", display({"text/plain": "head display"}, "h"))
+    for i in range(1000):
+        cap.add_text(f"line {i}\n")
+    cap.add_message("display_data", display({"text/plain": "tail display"}, "t"))
+    cap.add_message("update_display_data", display({"text/plain": "tail v2"}, "t"))
+    text = cap.text()
+    assert text.startswith("head display\n") and text.endswith("tail v2\n")
+    assert "\ue000" not in text and "\ue001" not in text
+
+
+@pytest.mark.anyio
+async def test_the_agent_gets_outputs_reduced_as_a_notebook_shows_them(
+    person: PersonKernel,
+) -> None:
+    async with stdio_client() as client:
+        updated = await client.call_tool("ex", {"code": UPDATES})
+        cleared = await client.call_tool("ex", {"code": CLEARS})
+    assert text_of(updated) == "'step 200'\n"
+    assert text_of(cleared) == "frame 59\n"
+    assert len([b for b in cleared.content if b.type == "image"]) == 1
+
+
+def test_the_gate_keeps_an_agent_evaluation_reduced_for_recovery(person: PersonKernel) -> None:
+    """What a server restarted mid-evaluation recovers from the gate is reduced too."""
+    kc = person.kc
+    msg = kc.session.msg(
+        "execute_request",
+        {"code": UPDATES + CLEARS, "silent": False, "store_history": True},
+        metadata={EVAL_METADATA_KEY: {"server_pid": 0}},
+    )
+    kc.shell_channel.send(msg)
+    msg_id = msg["header"]["msg_id"]
+    while kc.get_shell_msg(timeout=DEADLINE)["parent_header"].get("msg_id") != msg_id:
+        pass  # until its execute_reply
+    status, out = person.run(
+        "import json\nfrom kaimon_kernel.gate._context import _tracker\n"
+        f"print(json.dumps(_tracker.query([{msg_id!r}])[0].output))"
+    )
+    assert status == "ok", out
+    assert json.loads(out) == "frame 59\n"
+
+
+def test_a_carriage_return_after_a_display_does_not_erase_it() -> None:
+    cap = OutputCapture()
+    cap.add_message("display_data", display({"text/plain": "table"}, "t"))
+    cap.add_text("\r50%\r100%\n")
+    cap.add_message("display_data", display({"image/png": "PNG"}, "img"))
+    cap.add_text("end\n")
+    assert cap.text() == "table\n100%\nend\n"

@@ -136,14 +136,11 @@ class EvalTracker:
 
     def _hook(self, msg: dict[str, Any]) -> dict[str, Any]:
         ev = self.recent.get((msg.get("parent_header") or {}).get("msg_id"))
-        if ev is not None:
+        if ev is not None:  # the agent's: reduced as a notebook would (display ids, clears)
             content = msg.get("content", {})
-            if "text" in content:
-                ev.capture.add_text(content["text"])
-                if self.view is not None:
-                    self.view.agent_output(content["text"])
-            elif "data" in content:
-                ev.capture.add_bundle(content["data"])
+            ev.capture.add_message(msg["header"]["msg_type"], content)
+            if "text" in content and self.view is not None:
+                self.view.agent_output(content["text"])
         return msg
 
     def cancel(self, msg_id: str) -> Literal["running", "queued", "finished"]:

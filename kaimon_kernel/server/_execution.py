@@ -67,8 +67,8 @@ class Execution:
             self.capture.add_text(content.get("text", ""))
         elif kind == "execute_result" and self.quiet:
             return
-        elif kind in ("execute_result", "display_data", "update_display_data"):
-            self.capture.add_bundle(content.get("data", {}))
+        elif kind in ("execute_result", "display_data", "update_display_data", "clear_output"):
+            self.capture.add_message(kind, content)  # display ids and clears, as a notebook
         elif kind == "error":
             self.capture.add_error(
                 content.get("ename", "Error"),

@@ -49,8 +49,11 @@ class FakeKernel:
 
     # -- Transport -----------------------------------------------------------------------------
 
-    def open(self, on_message: Callable[[str, dict[str, Any]], None]) -> None:
+    def open(self, on_message: Callable[[str, dict[str, Any]], None], **_: Any) -> None:
         self.on_message = on_message
+
+    def content(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg["content"]
 
     def msg(self, msg_type: str, content: Any = None, metadata: Any = None) -> dict[str, Any]:
         return self.session.msg(msg_type, content or {}, metadata=metadata)

@@ -168,6 +168,10 @@ class GateClient:
                 f"the gate of {self.name} did not answer within {timeout:g} s"
             ) from None
 
+    def waiting(self) -> bool:
+        """Whether an answer from the gate is awaited (a request, a tool call, the welcome)."""
+        return bool(self._pending or self.calls) or self.state in ("new", "opening")
+
     def supports(self, feature: str) -> bool:
         """Whether both sides speak ``feature`` (see ``PROTOCOL_FEATURES``)."""
         return feature in self.features

@@ -105,7 +105,7 @@ class KernelSession:
         try:
             check_protocol(self.info.protocol_version, who=f"the gate of session {self.key}")
             self.transport = self.provider.connect(self.info)
-            self.transport.open(self._on_message)
+            self.transport.open(self._on_message, idle=self._idle)
             while self.state == "connecting":
                 try:
                     await self._greet()
@@ -281,25 +281,43 @@ class KernelSession:
         if parent_id in self._iopub_seen:
             self._iopub_seen[parent_id].set()
         if kind in ("comm_msg", "comm_close"):
-            if msg["content"].get("comm_id") == self._comm_id:
-                self._on_gate_message(kind, msg["content"].get("data") or {})
+            content = self._transport().content(msg)
+            if content.get("comm_id") == self._comm_id:
+                self._on_gate_message(kind, content.get("data") or {})
             return
         ex = self.executions.get(parent_id)
         if ex is not None:
+            self._transport().content(msg)
             ex.feed_iopub(msg)
             if ex.done.is_set():
                 self.executions.pop(parent_id, None)
             return
+        # another client's (the person's cells): only what the kernel is busy with matters,
+        # and the rest is never unpacked (a person's 10 MB print costs nothing here)
         if parent.get("msg_type") != "execute_request":
             return
-        if kind == "status" and msg["content"]["execution_state"] == "busy":
-            self.activity.busy_since = time.monotonic()
-            self.activity.busy_parent = parent_id
-            self.activity.busy_code = None
+        if kind == "status":
+            state = self._transport().content(msg)["execution_state"]
+            if state == "busy":
+                self.activity.busy_since = time.monotonic()
+                self.activity.busy_parent = parent_id
+                self.activity.busy_code = None
+            elif parent_id == self.activity.busy_parent:
+                self.activity.busy_since = None
+                self.activity.busy_parent = self.activity.busy_code = None
         elif kind == "execute_input" and parent_id == self.activity.busy_parent:
-            self.activity.busy_code = msg["content"].get("code", "")
-        elif kind == "status" and parent_id == self.activity.busy_parent:
-            self.activity.busy_since = self.activity.busy_parent = self.activity.busy_code = None
+            self.activity.busy_code = self._transport().content(msg).get("code", "")
+
+    def _idle(self) -> bool:
+        """Nothing of the server's under way: iopub may be read in lingering batches."""
+        return (
+            self.state == "ready"
+            and not self.executions
+            and not self.calls
+            and not self._waiters
+            and not self._iopub_seen
+            and not self.gate.waiting()
+        )
 
     def _on_shell(self, msg: dict[str, Any]) -> None:
         parent_id = msg["parent_header"].get("msg_id")

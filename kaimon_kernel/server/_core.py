@@ -238,20 +238,21 @@ class Kaimon:
                     f"log: {local.log_file(key)}"
                 )
 
-    async def _fresh_info(self, session: KernelSession) -> None:
-        """The person may have just re-served with new flags: ask the gate, not our copy."""
+    async def _check_may_restart(self, session: KernelSession) -> None:
+        """Refuse where the person forbade restarts; asks the gate for its current flags
+        first (the person may have just re-served with new ones), not our copy."""
         if session.gate.supports("info_query"):
             with contextlib.suppress(KaimonError):
                 session.info = await session.gate.get_info(timeout=2)
-
-    async def restart(self, session: KernelSession) -> KernelSession:
-        """A fresh kernel under the same session key and label: all state is lost."""
-        await self._fresh_info(session)
         if not session.info.allow_restart:
             raise NotAllowed(
                 f"session {session.key} was served with allow_restart=False: the person chose "
                 "that agents may not restart or shut it down. Ask the person to do it."
             )
+
+    async def restart(self, session: KernelSession) -> KernelSession:
+        """A fresh kernel under the same session key and label: all state is lost."""
+        await self._check_may_restart(session)
         key, old_pid = session.key, session.info.pid
         local = self.registry.local
         if local.owns(key):
@@ -275,12 +276,7 @@ class Kaimon:
 
     async def shutdown(self, session: KernelSession) -> str:
         """Stop a session's kernel; returns what became of it."""
-        await self._fresh_info(session)
-        if not session.info.allow_restart:
-            raise NotAllowed(
-                f"session {session.key} was served with allow_restart=False: the person chose "
-                "that agents may not restart or shut it down. Ask the person to do it."
-            )
+        await self._check_may_restart(session)
         local = self.registry.local
         if local.owns(session.key):
             await local.shutdown(session.key)

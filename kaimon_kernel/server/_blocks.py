@@ -279,7 +279,10 @@ class BlockStore:
         write_new_file(target, notebook_chunks(blocks, self.read_sync), overwrite)
 
     def _evict(self, db: sqlite3.Connection) -> None:
-        rows = db.execute("SELECT id, chars FROM blocks ORDER BY started_at DESC").fetchall()
+        # a running block (a long job's) is never evicted under it
+        rows = db.execute(
+            "SELECT id, chars FROM blocks WHERE status != 'running' ORDER BY started_at DESC"
+        ).fetchall()
         total = 0
         doomed = []
         for index, row in enumerate(rows):

@@ -21,12 +21,13 @@ from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
 from .._output import OutputCapture
 from .._paths import data_dir
-from .._protocol import TextBlock, ToolProgress, ToolResult, ToolSpec
+from .._protocol import ProcessIdentity, TextBlock, ToolProgress, ToolResult, ToolSpec
 from ._blocks import BlockStore
 from ._db import Database
 from ._events import (
     EventBus,
     ExecutionFinished,
+    ExecutionOutput,
     ExecutionStarted,
     JobFinished,
     JobPromoted,
@@ -36,7 +37,7 @@ from ._events import (
 from ._execution import Execution
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import KernelSession
-from ._policy import allowed_roots, export_target
+from ._policy import allowed_roots, export_target, too_wide
 from ._sessions import Registry
 from .providers import LaunchRequest, reap_orphans
 
@@ -45,7 +46,6 @@ __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"
 JOB_SAVE_INTERVAL = 2.0
 INTERRUPT_WAIT = 10.0
 START_TIMEOUT = 60.0
-EXPORT_MAX_BLOCKS = 10_000
 RESTART_TIMEOUT = 60.0
 EXPORT_MAX_BLOCKS = 10_000
 PROGRESS_INTERVAL = 0.25
@@ -136,6 +136,7 @@ class Kaimon:
         self.blocks = BlockStore(self.store)
         self._start_lock = asyncio.Lock()
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._me = ProcessIdentity.current()
         #: Namespace suffixes by session key, kept for the server's life (stable over restarts).
         self._ns_slots: dict[str, dict[str, int]] = {}
 
@@ -172,10 +173,19 @@ class Kaimon:
         Returns the session and a note for the agent (empty unless a kernel was started).
         """
         try:
-            session = self.registry.resolve(name)
+            session = await self.resolve(name)
+            return session, ""
         except SessionNotFound:
             if name or not self.options.auto_start:
                 raise SessionNotFound(f"{self._not_found_reason(name)}") from None
+            wide = too_wide(Path(self.options.cwd).resolve())
+            if wide:
+                raise NotAllowed(
+                    f"no served kernel was found in {self._where_looked()}, and kaimon serve "
+                    f"runs in {self.options.cwd} ({wide}), too wide a place to start one in. "
+                    "The person can run `%kaimon serve` in a notebook, or start kaimon serve "
+                    "in a project directory; or call start_session with an allowed project."
+                ) from None
             async with self._start_lock:
                 if self.registry.sessions:  # another call started one meanwhile
                     return await self.resolve(None), ""
@@ -187,8 +197,6 @@ class Kaimon:
                 f"the agent; the person can attach with `jupyter console --existing "
                 f"{connection}`)]"
             )
-        await session.wait_ready(10)
-        return session, ""
 
     def _where_looked(self) -> str:
         return ", ".join(str(getattr(p, "directory", p.name)) for p in self.registry.providers)
@@ -202,9 +210,30 @@ class Kaimon:
 
     async def resolve(self, name: str | None) -> KernelSession:
         """The session ``name`` resolves to, once it has finished connecting."""
-        session = self.registry.resolve(name)
+        try:
+            session = self.registry.resolve(name)
+        except SessionNotFound:
+            if not name:
+                raise
+            await self._refresh_info()  # the person may have just relabelled one
+            session = self.registry.resolve(name)
         await session.wait_ready(10)
         return session
+
+    async def _refresh_info(self) -> None:
+        """Every session's info as its gate has it now (not as it last told us)."""
+
+        async def ask(session: KernelSession) -> None:
+            with contextlib.suppress(KaimonError):
+                session.info = await session.gate.get_info(timeout=1)
+
+        await asyncio.gather(
+            *(
+                ask(s)
+                for s in self.registry.sessions.values()
+                if s.state == "ready" and s.gate.supports("info_query")
+            )
+        )
 
     async def start_session(
         self,
@@ -220,13 +249,16 @@ class Kaimon:
         await local.launch(LaunchRequest(cwd=cwd, key=key, python=python, label=name))
         return await self._wait_served(key)
 
-    async def _wait_served(self, key: str) -> KernelSession:
+    async def _wait_served(self, key: str, old: KernelSession | None = None) -> KernelSession:
+        """Until session ``key`` (not ``old``: the kernel it replaces) answers."""
         local = self.registry.local
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             session = await self.registry.wait_for(key, 0.5)
-            if session is not None and session.state == "ready":
+            if session is not None and session is not old and session.state == "ready":
                 return session
+            if session is old:
+                await self.registry.scan()
             exited = local.exited(key)
             if exited:
                 await local.shutdown(key)
@@ -257,7 +289,7 @@ class Kaimon:
         local = self.registry.local
         if local.owns(key):
             await local.restart(key)
-            return await self._wait_served(key)
+            return await self._wait_served(key, old=session)
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
         await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
@@ -318,6 +350,9 @@ class Kaimon:
         """Record a block, then run ``code``: the code never runs unrecorded."""
         target, note = await self.session_for(session)
         target.usable()
+        problems = self.store.take_errors()
+        if problems:  # queued writes that failed since the last ex: say so, once
+            note += ("\n" if note else "") + f"[kaimon: saving to the store failed: {problems[-1]}]"
         try:
             block_id, writer = await self.blocks.start(target.key, code)
         except StoreError as err:
@@ -329,6 +364,13 @@ class Kaimon:
             self.blocks.finish(block_id, status="not run")
             raise
         execution.capture.sink = writer.write
+        if self.bus.wants(ExecutionOutput):  # the dashboard: only a listener pays for it
+
+            def sink(text: str) -> None:
+                writer.write(text)
+                self.bus.publish(ExecutionOutput(target.key, execution.msg_id, text))
+
+            execution.capture.sink = sink
         run = Run(target, execution, block_id, note)
 
         def finished() -> None:
@@ -422,6 +464,7 @@ class Kaimon:
                 code=execution.code,
                 status="running",
                 created_at=time.time() - execution.elapsed,
+                server=self._me.model_dump_json(),
             )
         )
         self._adopt(tracked)
@@ -442,6 +485,8 @@ class Kaimon:
         """After a restart: re-attach jobs whose kernel still runs; the rest become lost."""
         groups: dict[tuple[str, int], list[Job]] = {}
         for job in await self.jobs.running():
+            if _followed_by_another(job, self._me):
+                continue  # a live server (another agent's conversation) follows it
             groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
         for (session_id, pid), jobs in groups.items():
             session = next(
@@ -600,10 +645,11 @@ class Kaimon:
         order this server first saw them: a restart (same key) keeps its names."""
         table: dict[str, GateToolRef] = {}
         ordered = sorted(self.registry.sessions.values(), key=lambda s: (s.info.started_at, s.key))
+        slots = {s.key: self._slot(s) for s in ordered}  # every session, ready or not yet
         for session in ordered:
             if session.state != "ready" or not session.tools:
                 continue
-            slot = self._slot(session)
+            slot = slots[session.key]
             ns = session.info.namespace
             prefix = ns if slot == 1 else f"{ns}_{slot}"
             for spec in session.tools:
@@ -690,6 +736,16 @@ def _seed(execution: Execution, before: str) -> None:
     capture = OutputCapture(limit=execution.capture.limit)
     capture.add_text(before + since[overlap:])
     execution.capture = capture
+
+
+def _followed_by_another(job: Job, me: ProcessIdentity) -> bool:
+    if not job.server:
+        return False
+    try:
+        server = ProcessIdentity.model_validate_json(job.server)
+    except ValueError:
+        return False
+    return server != me and server.alive()
 
 
 def _error_result(call_id: str, text: str) -> ToolResult:

@@ -83,6 +83,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)",
         "CREATE INDEX IF NOT EXISTS blocks_started ON blocks (started_at)",
     ),
+    # 3: which server follows a job (JSON identity): another server recovers only orphans
+    ("ALTER TABLE jobs ADD COLUMN server TEXT",),
 )
 
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # type: ignore[attr-defined]

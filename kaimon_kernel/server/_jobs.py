@@ -23,7 +23,6 @@ __all__ = ["KEEP_JOBS", "KEEP_JOB_DAYS", "Job", "JobStatus", "JobStore", "recent
 logger = logging.getLogger(__name__)
 
 JobStatus = Literal["running", "completed", "failed", "cancelled", "lost"]
-FINAL: tuple[JobStatus, ...] = ("completed", "failed", "cancelled", "lost")
 
 #: Retention: finished jobs beyond the newest KEEP_JOBS, or finished over KEEP_JOB_DAYS days
 #: ago, are deleted (checked at start and every EVICT_EVERY jobs); running jobs never are.
@@ -53,6 +52,8 @@ class Job:
     last_progress: str | None = None
     output: str = ""
     reason: str = ""
+    #: The server following it (a ProcessIdentity as JSON); None in stores from before.
+    server: str | None = None
 
     @property
     def elapsed(self) -> float:
@@ -94,14 +95,15 @@ class JobStore:
             job.last_progress,
             job.output,
             job.reason,
+            job.server,
         )
 
         def add(db: sqlite3.Connection) -> None:
             with db:
                 db.execute(
                     "INSERT INTO jobs (id, msg_id, session_key, session_id, kernel_pid, code,"
-                    " status, created_at, last_output_at, stash, last_progress, output, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " status, created_at, last_output_at, stash, last_progress, output, reason,"
+                    " server) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
 

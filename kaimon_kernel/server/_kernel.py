@@ -37,7 +37,7 @@ from .._protocol import (
     check_protocol,
 )
 from ._execution import Activity, ExecStatus, Execution
-from ._gate_client import GateClient, GateEvent, PendingCall
+from ._gate_client import GateClient, GateClosed, GateEvent, PendingCall
 from ._transport import Channel, Transport
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ HANDSHAKE_TIMEOUT = 15.0  # per attempt; a kernel busy starting up is tried agai
 WELCOME_TIMEOUT = 10.0
 RETRY_AFTER = 5.0
 CLOSE_TIMEOUT = 0.5
+PROGRESS_KEPT = 100  # progress messages kept for the next progress notification
 
 
 class KernelSession:
@@ -76,14 +77,11 @@ class KernelSession:
         self.on_tools_changed: Callable[[], object] | None = None
         self.on_info_changed: Callable[[], object] | None = None
         self.subshell_id: str | None = None
-        self.gate = GateClient(
-            self._send_to_gate, name=f"session {info.key}", server=ProcessIdentity.current()
-        )
-        self.gate.listeners.append(self._on_gate_event)
-        self.calls: dict[str, PendingCall] = self.gate.calls
         self._comm_id = uuid.uuid4().hex
+        self.gate = self._new_gate()
         self._ready = asyncio.Event()
         self._welcomed = asyncio.Event()  # the gate answered the comm: tools are known
+        self._gate_closed = asyncio.Event()  # the kernel closed our comm (no gate, or stopped)
         self.discovered_at = time.monotonic()
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._iopub_seen: dict[str, asyncio.Event] = {}
@@ -96,6 +94,17 @@ class KernelSession:
     @property
     def key(self) -> str:
         return self.info.key
+
+    @property
+    def calls(self) -> dict[str, PendingCall]:
+        return self.gate.calls
+
+    def _new_gate(self) -> GateClient:
+        gate = GateClient(
+            self._send_to_gate, name=f"session {self.info.key}", server=ProcessIdentity.current()
+        )
+        gate.listeners.append(self._on_gate_event)
+        return gate
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -132,13 +141,23 @@ class KernelSession:
         if self.subshell_id is None:
             await self._create_subshell(features)
         self._open_gate_comm()
+        closed = asyncio.ensure_future(self._gate_closed.wait())
+        welcomed = asyncio.ensure_future(self._welcomed.wait())
         try:
-            await asyncio.wait_for(self._welcomed.wait(), WELCOME_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise KernelTimeout(
-                f"the gate of session {self.key} did not answer within {WELCOME_TIMEOUT:.0f} s "
-                "(the kernel may be busy, or it never ran %kaimon serve)"
-            ) from None
+            await asyncio.wait(
+                {closed, welcomed}, timeout=WELCOME_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+            welcomed.cancel()
+        if not self._welcomed.is_set():
+            why = (
+                "the kernel closed the gate's comm: it has not run %kaimon serve"
+                if self._gate_closed.is_set()
+                else f"the gate did not answer within {WELCOME_TIMEOUT:.0f} s (the kernel may "
+                "be busy, or it never ran %kaimon serve)"
+            )
+            raise KernelTimeout(f"session {self.key}: {why}")
         if self.state == "connecting":  # not refused meanwhile
             self.state, self.problem = "ready", ""
             self._ready.set()
@@ -228,33 +247,41 @@ class KernelSession:
             self._send_gate("comm_msg", {"comm_id": self._comm_id, "data": data})
 
     def _open_gate_comm(self) -> None:
-        if self.gate.state != "new":  # trying again: a fresh comm, not a second with one id
+        if self.gate.state != "new":
+            # Trying again: close the comm of the last try (a slow gate may still take it),
+            # then a fresh comm and a fresh client (the old one is over).
+            with contextlib.suppress(Exception):
+                self._send_gate("comm_close", {"comm_id": self._comm_id, "data": {}})
             self._comm_id = uuid.uuid4().hex
+            self.gate = self._new_gate()
+            self._gate_closed.clear()
         self.gate.open()  # the Welcome (or Refused) arrives as an event
 
     async def close(self, reason: str = "closed") -> None:
         """Leave the kernel as we found it: our comm closed, our subshell deleted."""
-        self._fail_pending("dead" if reason != "closed" else "aborted", reason)
         was = self.state
         if self.state != "dead":
             self.state = "closed"
+        self._fail_pending("dead" if reason != "closed" else "aborted", reason)
         if self.transport is None:
             return
-        if was in ("ready", "connecting", "refused") and self.alive():
-            with contextlib.suppress(Exception):
-                self._send_gate("comm_close", {"comm_id": self._comm_id, "data": {}})
-            if self.subshell_id:
+        try:
+            if was in ("ready", "connecting", "refused") and self.alive():
                 with contextlib.suppress(Exception):
-                    # the subshell handles messages in order: once it answers this, it has
-                    # closed the comm, and can be deleted
-                    await self._request("shell", "kernel_info_request", {}, CLOSE_TIMEOUT)
-                    await self._control(
-                        "delete_subshell_request",
-                        {"subshell_id": self.subshell_id},
-                        CLOSE_TIMEOUT,
-                    )
-        self.transport.close()
-        self.transport = None
+                    self._send_gate("comm_close", {"comm_id": self._comm_id, "data": {}})
+                if self.subshell_id:
+                    with contextlib.suppress(Exception):
+                        # the subshell handles messages in order: once it answers this, it has
+                        # closed the comm, and can be deleted
+                        await self._request("shell", "kernel_info_request", {}, CLOSE_TIMEOUT)
+                        await self._control(
+                            "delete_subshell_request",
+                            {"subshell_id": self.subshell_id},
+                            CLOSE_TIMEOUT,
+                        )
+        finally:  # even when cancelled: no sockets or readers left behind
+            self.transport.close()
+            self.transport = None
 
     def alive(self) -> bool:
         return self.state != "dead" and self.provider.alive(self.info)
@@ -343,8 +370,27 @@ class KernelSession:
             self.gate.feed(data)
 
     def _on_gate_event(self, event: GateEvent) -> None:
+        if isinstance(event, Welcome) and (
+            event.session.key != self.info.key or event.session.session_id != self.info.session_id
+        ):
+            # the session file named another kernel than the one that answered (crafted or
+            # stale): trust neither
+            self.state = "refused"
+            self.problem = (
+                f"the session file for {self.info.key} points at a kernel whose gate serves "
+                f"session {event.session.key}: ignoring it"
+            )
+            self._welcomed.set()
+            return
         if isinstance(event, Refused | Welcome):
             self._welcomed.set()
+        if isinstance(event, GateClosed):
+            self._gate_closed.set()
+            if self.state == "ready":  # %kaimon stop: withdrawn at once, not at the next scan
+                self.state, self.problem = "closed", event.reason
+                if self.on_info_changed:
+                    self.on_info_changed()
+            return
         if isinstance(event, Refused):
             self.state, self.problem = "refused", self.gate.problem
         elif isinstance(event, Welcome | SessionChanged):
@@ -359,6 +405,7 @@ class KernelSession:
                 if event.progress is not None:
                     ex.last_progress = event.progress
                     ex.new_progress.append(event.progress)
+                    del ex.new_progress[:-PROGRESS_KEPT]  # nobody may be reading them
         if isinstance(event, SessionChanged) and self.on_info_changed:
             self.on_info_changed()
         # the namespace, hence the tool names, may change with the session's info
@@ -404,7 +451,7 @@ class KernelSession:
             metadata={EVAL_METADATA_KEY: {"server_pid": self.server_pid}},
         )
         ex = Execution(msg["header"]["msg_id"], code, OutputCapture(limit=max_output), quiet=quiet)
-        self.executions[ex.msg_id] = ex
+        self._track(ex)
         self._transport().send("shell", msg)
         return ex
 
@@ -423,7 +470,7 @@ class KernelSession:
         ex = Execution(msg_id, code, OutputCapture(limit=max_output), reattached=True)
         ex.started_at = ex.sent_at
         ex.status = "running"
-        self.executions[msg_id] = ex
+        self._track(ex)
         return ex
 
     async def query_evals(self, msg_ids: list[str], timeout: float = 10.0) -> list[EvalRecord]:
@@ -431,12 +478,14 @@ class KernelSession:
         self.usable()
         return await self.gate.query_evals(msg_ids, timeout)
 
-    def set_mirror(self, on: bool) -> asyncio.Future[None]:
-        """Turn the live view on or off; await the result to know the gate did."""
+    def _track(self, ex: Execution) -> None:
+        self.executions[ex.msg_id] = ex
+        ex.on_done.append(lambda: self.executions.pop(ex.msg_id, None))
+
+    async def set_mirror(self, on: bool) -> None:
+        """Turn the live view on or off (the gate refuses where the person forbade it)."""
         self.usable()
-        task = asyncio.ensure_future(self.gate.set_mirror(on))
-        task.add_done_callback(_logged)
-        return task
+        await self.gate.set_mirror(on)
 
     def job_promoted(self, execution: Execution, eval_id: str) -> None:
         """Tell the gate (its live view) that ``execution`` is now a background job."""
@@ -508,8 +557,3 @@ class KernelSession:
             ) from None
         finally:
             self._waiters.pop(msg["header"]["msg_id"], None)
-
-
-def _logged(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("%s", task.exception())

@@ -33,8 +33,6 @@ from ._results import text_result
 
 __all__ = ["add_session_tools"]
 
-RESTART_TIMEOUT = 60.0
-
 
 def _relative_base(kaimon: Kaimon) -> Path:
     served = [
@@ -194,7 +192,7 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                     "the person chose not to mirror; leave it off.",
                     error=True,
                 )
-            target.set_mirror(mirror)
+            await target.set_mirror(mirror)
         except KaimonError as err:
             return text_result(str(err), error=True)
         return text_result(f"live view {'on' if mirror else 'off'} in session {target.key}")

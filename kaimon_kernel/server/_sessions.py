@@ -40,6 +40,7 @@ class Registry:
         self._changed = asyncio.Event()
         self._scan_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._connecting: dict[str, asyncio.Task[None]] = {}
         #: When the first scan ran: sessions found then are waited for by the first tools/list.
         self.first_scan: set[str] = set()
 
@@ -66,8 +67,12 @@ class Registry:
                     await watcher
 
     async def _check_liveness(self) -> None:
-        dead = [s for s in self.sessions.values() if s.state != "closed" and not s.alive()]
-        if dead:
+        gone = [
+            s
+            for s in self.sessions.values()
+            if s.state in ("ready", "connecting") and not s.provider.alive(s.info)
+        ]
+        if gone:
             await self.scan()
 
     async def scan(self) -> None:
@@ -79,21 +84,20 @@ class Registry:
             changed = False
             for key in list(self.sessions):
                 session = self.sessions[key]
-                if key in seen and session.state != "dead" and session.alive():
-                    continue
-                if key in seen and session.state in ("connecting", "ready", "refused"):
-                    # same key, the kernel behind it is gone: a restart (replaced below)
-                    await self._drop(key, "the kernel was restarted")
-                elif key not in seen:
-                    gone = not session.alive()
-                    await self._drop(
-                        key,
+                if key not in seen:
+                    gone = not session.provider.alive(session.info)
+                    reason = (
                         f"the kernel of session {key} died"
                         if gone
-                        else f"session {key} was withdrawn by the person (%kaimon stop)",
+                        else f"session {key} was withdrawn by the person (%kaimon stop)"
                     )
+                elif session.state == "closed":
+                    reason = "the person served it again"
+                elif session.provider.alive(session.info):
+                    continue  # the same kernel (a failed connect stays failed: no busy retries)
                 else:
-                    await self._drop(key, session.problem or f"the kernel of session {key} died")
+                    reason = "the kernel was restarted"
+                await self._drop(key, reason)
                 changed = True
             for key, (provider, info) in seen.items():
                 if key in self.sessions:
@@ -104,6 +108,7 @@ class Registry:
                 self.sessions[key] = session
                 task = asyncio.create_task(self._connect(session), name=f"connect-{key}")
                 self._background.add(task)
+                self._connecting[key] = task
                 task.add_done_callback(self._background.discard)
                 changed = True
             if changed:
@@ -116,20 +121,30 @@ class Registry:
         self.first_scan = set(self.sessions)
 
     async def _connect(self, session: KernelSession) -> None:
-        await session.connect()
+        try:
+            await session.connect()
+        finally:
+            if self._connecting.get(session.key) is asyncio.current_task():
+                del self._connecting[session.key]
         if session.state == "ready" and self.sessions.get(session.key) is session:
             self.bus.publish(SessionCame(session.key))
             self.bus.publish(ToolsChanged(session.key))
 
     async def _drop(self, key: str, reason: str) -> None:
         session = self.sessions.pop(key)
-        was_ready = session.state == "ready"
-        if not session.alive():
+        connecting = self._connecting.pop(key, None)
+        if connecting is not None:
+            connecting.cancel()
+        was_ready = session.state in ("ready", "closed")
+        if not session.provider.alive(session.info):
             session.mark_dead(reason)
-        await session.close(reason)
-        if was_ready:
-            self.bus.publish(SessionWent(key, reason))
-            self.bus.publish(ToolsChanged(key))
+        try:
+            # shielded: a caller that gives up mid-scan must not leave it half closed
+            await asyncio.shield(session.close(reason))
+        finally:
+            if was_ready:
+                self.bus.publish(SessionWent(key, reason))
+                self.bus.publish(ToolsChanged(key))
 
     async def wait_for(self, key: str, timeout: float) -> KernelSession | None:
         """Wait until session ``key`` is known and connected, or the deadline passes."""

@@ -68,3 +68,35 @@ async def test_a_relabelled_session_is_announced_on_the_bus(kaimon: Kaimon) -> N
     kernel.iopub(None, "comm_msg", {"comm_id": session._comm_id, "data": changed.model_dump()})
     assert session.info.label == "new"
     assert SessionChanged("k1") in seen
+
+
+async def test_a_new_server_leaves_alone_the_jobs_another_live_server_follows(
+    kaimon: Kaimon,
+) -> None:
+    import os
+    import time
+
+    from kaimon_kernel._protocol import ProcessIdentity
+    from kaimon_kernel.server._jobs import Job
+
+    def job(job_id: str, server: ProcessIdentity | None) -> Job:
+        return Job(
+            id=job_id,
+            msg_id=f"m-{job_id}",
+            session_key="gone",
+            session_id="gone-id",
+            kernel_pid=999_999,
+            code="long()",
+            status="running",
+            created_at=time.time(),
+            server=server.model_dump_json() if server else None,
+        )
+
+    alive = ProcessIdentity.of(os.getppid())  # another live process: that server runs
+    dead = ProcessIdentity(pid=999_999, create_time=1.0)
+    kaimon.jobs.add(job("aa01", alive))
+    kaimon.jobs.add(job("aa02", dead))
+    await kaimon.recover_jobs()
+    followed, orphan = await kaimon.jobs.get("aa01"), await kaimon.jobs.get("aa02")
+    assert followed is not None and followed.status == "running"
+    assert orphan is not None and orphan.status == "lost"

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kaimon_kernel._errors import KaimonError, StoreError
-from kaimon_kernel.server import _jobs
+from kaimon_kernel.server import _blocks, _jobs
 from kaimon_kernel.server._blocks import Block, BlockStore, write_new_file
 from kaimon_kernel.server._db import MIGRATIONS, Database, prefix_range
 from kaimon_kernel.server._jobs import Job, JobStore
@@ -520,3 +520,30 @@ def test_a_block_start_cancelled_midway_leaves_no_block_running(tmp_path: Path) 
     history = asyncio.run(cancelled_start())
     db.close()
     assert [b.status for b in history] == ["not run"]
+
+
+def test_a_running_block_is_never_evicted_under_a_long_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_blocks, "KEEP_BLOCKS", 2)
+    monkeypatch.setattr(_blocks, "EVICT_EVERY", 2)  # on every odd start
+    db = Database(tmp_path / "jobs.sqlite3")
+    store = BlockStore(db, tmp_path / "blocks")
+
+    async def scenario() -> list[str]:
+        long_id, long_writer = await store.start("s", "long job")
+        long_writer.write("still going")
+        for n in range(4):  # newer, finished blocks push the running one past KEEP_BLOCKS
+            block_id, writer = await store.start("s", f"quick {n}")
+            writer.close()
+            store.finish(block_id, status="ok", chars=0)
+            await asyncio.sleep(0.01)
+        await store.start("s", "one more, to evict")
+        kept = [b.id for b in await store.history("s", 100)]
+        assert long_id in kept
+        assert store.path(long_id).exists()
+        long_writer.close()
+        return kept
+
+    asyncio.run(scenario())
+    db.close()

@@ -32,7 +32,7 @@ EVICT_EVERY = 100
 
 _COLUMNS = (
     "id, msg_id, session_key, session_id, kernel_pid, code, status, created_at, finished_at,"
-    " last_output_at, stash, last_progress, output, reason"
+    " last_output_at, stash, last_progress, output, reason, server"
 )
 
 

@@ -132,7 +132,7 @@ class FakeProvider:
     def connect(self, info: SessionInfo) -> FakeKernel:
         return self.kernels[info.key]
 
-    def alive(self, info: SessionInfo) -> bool:
+    def alive(self, info: SessionInfo, *, fresh: bool = False) -> bool:
         kernel = self.kernels.get(info.key)
         return kernel is not None and kernel.alive
 

@@ -54,3 +54,15 @@ def test_the_server_half_imports_no_kernel_machinery() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_core_imports_nothing_of_mcp() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kaimon_kernel.server._core\n"
+        "print(sorted(m for m in ('mcp', 'uvicorn', 'starlette') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -13,22 +13,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
 from mcp.types import Tool as MCPTool
 
 from .. import __version__
-from .._errors import KaimonError
+from .._errors import InvalidArgument, KaimonError
 from .._protocol import ImageBlock, ToolResult
 from ._block_tools import add_block_tools
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
 from ._instructions import INSTRUCTIONS
-from ._policy import refuse_unknown_arguments
 from ._results import text_result
 from ._session_tools import add_session_tools
 from ._tools import add_exec_tools
@@ -185,6 +186,25 @@ class KaimonMCP(MCPServer):
                 await session.send_tool_list_changed()
             except Exception:  # that client is gone
                 self._legacy_sessions.discard(session)
+
+
+def refuse_unknown_arguments(tool: Tool | None, arguments: Mapping[str, Any]) -> None:
+    """Refuse argument names a built-in tool does not take, as gate tools do.
+
+    The SDK's argument models ignore unknown fields; an agent that misspells one
+    (``max_ouput``) would otherwise silently get the default.
+    """
+    if tool is None:
+        return
+    fields = tool.fn_metadata.arg_model.model_fields
+    accepted = [f.alias or name for name, f in fields.items()]
+    unknown = [name for name in arguments if name not in accepted and name not in fields]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise InvalidArgument(
+            f"{tool.name}: unknown argument{'s' if len(unknown) > 1 else ''} {names}; "
+            f"{tool.name} accepts: {', '.join(accepted) or '(no arguments)'}"
+        )
 
 
 def tool_error(err: KaimonError) -> CallToolResult:

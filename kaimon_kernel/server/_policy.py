@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-from mcp.server.mcpserver.tools import Tool
 
 from .._config import allowed_projects
 from .._errors import InvalidArgument, NotAllowed
@@ -29,7 +26,6 @@ __all__ = [
     "export_target",
     "folder_problem",
     "is_within",
-    "refuse_unknown_arguments",
     "relative_base",
     "too_wide",
 ]
@@ -167,25 +163,6 @@ def relative_base(session_dirs: Iterable[str], server_dir: str | os.PathLike[str
             f"({Path(server_dir).resolve()}) is {why}; give an absolute path"
         )
     return Path(server_dir).resolve()
-
-
-def refuse_unknown_arguments(tool: Tool | None, arguments: Mapping[str, Any]) -> None:
-    """Refuse argument names a built-in tool does not take, as gate tools do.
-
-    The SDK's argument models ignore unknown fields; an agent that misspells one
-    (``max_ouput``) would otherwise silently get the default.
-    """
-    if tool is None:
-        return
-    fields = tool.fn_metadata.arg_model.model_fields
-    accepted = [f.alias or name for name, f in fields.items()]
-    unknown = [name for name in arguments if name not in accepted and name not in fields]
-    if unknown:
-        names = ", ".join(repr(n) for n in unknown)
-        raise InvalidArgument(
-            f"{tool.name}: unknown argument{'s' if len(unknown) > 1 else ''} {names}; "
-            f"{tool.name} accepts: {', '.join(accepted) or '(no arguments)'}"
-        )
 
 
 def export_target(raw: str, base: Path | None, roots: Sequence[Path]) -> Path:

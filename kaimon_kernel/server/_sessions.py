@@ -70,7 +70,7 @@ class Registry:
         gone = [
             s
             for s in self.sessions.values()
-            if s.state in ("ready", "connecting") and not s.provider.alive(s.info)
+            if s.state in ("ready", "connecting") and not s.provider.alive(s.info, fresh=True)
         ]
         if gone:
             await self.scan()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -71,6 +72,27 @@ def _sweep() -> None:
     for transport in list(_open):
         transport.drain_all()
     _sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, _sweep) if _open else None
+
+
+def _deserialize(session: Any, frames: list[bytes], *, content: bool) -> dict[str, Any]:
+    """``Session.deserialize`` without its date parsing (a third of a message's cost; kaimon
+    never reads the dates): the same signature check, the same dict."""
+    if len(frames) < 5:
+        raise ValueError("malformed message: fewer than 5 frames")
+    if session.auth is not None:
+        if not frames[0] or not hmac.compare_digest(frames[0], session.sign(frames[1:5])):
+            raise ValueError("invalid signature")
+    unpack = session.unpack
+    header = unpack(frames[1])
+    return {
+        "header": header,
+        "msg_id": header.get("msg_id"),
+        "msg_type": header.get("msg_type"),
+        "parent_header": unpack(frames[2]),
+        "metadata": unpack(frames[3]),
+        "content": unpack(frames[4]) if content else frames[4],
+        "buffers": [memoryview(b) for b in frames[5:]],
+    }
 
 
 class ZmqTransport:
@@ -186,7 +208,7 @@ class ZmqTransport:
             try:
                 _, frames = session.feed_identities(frames)
                 # iopub content stays packed until someone looks (see content())
-                msg = session.deserialize(frames, content=channel != "iopub")
+                msg = _deserialize(session, frames, content=channel != "iopub")
             except Exception:
                 logger.warning("dropping an unreadable message on the %s channel", channel)
                 continue

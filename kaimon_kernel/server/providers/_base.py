@@ -45,8 +45,9 @@ class KernelProvider(Protocol):
         """A transport to the kernel ``info`` announces."""
         ...
 
-    def alive(self, info: SessionInfo) -> bool:
-        """Whether the kernel still runs (a verified identity, never a bare pid)."""
+    def alive(self, info: SessionInfo, *, fresh: bool = False) -> bool:
+        """Whether the kernel still runs (a verified identity, never a bare pid); a recent
+        answer may be reused unless ``fresh``."""
         ...
 
     async def launch(self, request: LaunchRequest) -> None:

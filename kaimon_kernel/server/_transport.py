@@ -99,7 +99,9 @@ class ZmqTransport:
     """A kernel's channels over ZMQ, from its connection info (CurveZMQ keys included)."""
 
     def __init__(self, connection_info: dict[str, Any]) -> None:
-        self._client = BlockingKernelClient()
+        # one ZMQ context (one I/O thread) for every kernel; closing a session never waits
+        # for a context of its own to be destroyed
+        self._client = BlockingKernelClient(context=zmq.Context.instance())
         self._client.load_connection_info(connection_info)
         self._sockets: dict[Channel, zmq.Socket[Any]] = {}
         self._fds: dict[Channel, int] = {}

@@ -126,7 +126,8 @@ class LocalProvider:
         return found
 
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
-        async for _ in watchfiles.awatch(self.directory, debounce=50, step=50, recursive=False):
+        # step: how often the watcher thread looks for events (a wake-up each time when idle)
+        async for _ in watchfiles.awatch(self.directory, debounce=50, step=250, recursive=False):
             await changed()
 
     def connect(self, info: SessionInfo) -> ZmqTransport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -173,3 +174,24 @@ async def test_namespace_suffixes_stay_with_their_session_across_a_restart(tmp_p
         await client.call_tool("ex", {"code": WHO_CELL, "session": keys[0]})
         after = await who_is_who()
     assert after == before
+
+
+async def test_a_kernel_the_server_started_is_interrupted_by_its_kernel_manager(tmp_path) -> None:
+    async with stdio_client("--promote-after", "0.5", cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": str(tmp_path)})
+        key = started.structured_content["key"]
+        await client.call_tool("ex", {"code": "kept = 42", "session": key})
+        job = await client.call_tool("ex", {"code": "import time; time.sleep(60)", "session": key})
+        eval_id = job.structured_content["eval_id"]
+        interrupt = {"command": "interrupt", "session": key}
+        interrupted = await client.call_tool("manage_repl", interrupt)
+        assert "kernel manager" in text_of(interrupted), text_of(interrupted)
+        for _ in range(100):
+            check = await client.call_tool("check_eval", {"eval_id": eval_id})
+            if check.structured_content["status"] != "running":
+                break
+            await asyncio.sleep(0.1)
+        kept = await client.call_tool("ex", {"code": "kept", "session": key})
+    assert check.structured_content["status"] == "failed", text_of(check)
+    assert "KeyboardInterrupt" in text_of(check)
+    assert text_of(kept).strip() == "42"

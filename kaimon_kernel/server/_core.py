@@ -450,8 +450,15 @@ class Kaimon:
 
     # -- jobs --------------------------------------------------------------------------------
 
+    async def promote(self, session: KernelSession, execution: Execution) -> TrackedEval:
+        """Make ``execution`` a background job, its row on disk before the agent hears its id
+        (a server killed right after must not leave the agent an id no store knows)."""
+        tracked = self.track(session, execution)
+        await self.store.flush()
+        return tracked
+
     def track(self, session: KernelSession, execution: Execution) -> TrackedEval:
-        """Make ``execution`` a background job: stored, followed to its end, never lost."""
+        """Make ``execution`` a background job: stored (queued), followed to its end."""
         eval_id = uuid.uuid4().hex[:12]
         tracked = TrackedEval(eval_id, session, execution)
         self.jobs.add(

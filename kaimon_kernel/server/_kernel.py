@@ -514,6 +514,10 @@ class KernelSession:
         (what ipykernel and Windows understand), else the provider's own means (a signal to
         the verified process)."""
         self.usable()
+        if self.provider.owns(self.key):
+            # its kernel manager knows the kernelspec's interrupt_mode (signal or message)
+            await self.provider.interrupt_signal(self.info)
+            return "the kernel manager's interrupt"
         try:
             reply = await self._control("interrupt_request", {}, 5.0)
             if reply["content"].get("status") == "ok":

@@ -107,7 +107,7 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         if run.waited:
             header += f"[waited {run.waited:.1f} s for the kernel to finish other work first]\n"
         if not execution.done.is_set():
-            tracked = kaimon.track(target, execution)
+            tracked = await kaimon.promote(target, execution)
             if execution.started_at is None:
                 header += (
                     f"[it has not started yet: the kernel is {target.activity.describe()}; "

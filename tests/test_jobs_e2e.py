@@ -203,3 +203,26 @@ def test_stash_outside_an_agent_evaluation_says_so_once(person: PersonKernel) ->
     _, second = person.run("kaimon_kernel.stash('x', 2)")
     assert "outside an agent's evaluation" in first
     assert second == ""
+
+
+async def test_a_recovered_job_keeps_every_line_once_even_when_lines_repeat(make_person) -> None:
+    make_person("--label ticking")
+    env = {"KAIMON_TOKEN": TOKEN}
+    first = HttpServer("--promote-after", "0.3", env=env)
+    code = "import time\nfor i in range(16):\n    print('tick', flush=True)\n    time.sleep(0.25)"
+    try:
+        http, client = http_client(first)
+        async with http, client:
+            running = await client.call_tool("ex", {"code": code})
+    finally:
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+    second = HttpServer(env=env)  # back while the job still prints
+    try:
+        http, client = http_client(second)
+        async with http, client:
+            done = await wait_status(client, running.structured_content["eval_id"])
+    finally:
+        second.stop()
+    assert done.structured_content["status"] == "completed", text_of(done)
+    assert text_of(done).count("tick") == 16, text_of(done)

@@ -19,7 +19,6 @@ from typing import Any
 
 from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
-from .._output import OutputCapture
 from .._paths import data_dir
 from .._protocol import ProcessIdentity, TextBlock, ToolProgress, ToolResult, ToolSpec
 from ._blocks import BlockStore
@@ -530,13 +529,10 @@ class Kaimon:
         for job in jobs:
             execution = followed[job.msg_id]
             record = records.get(job.msg_id)
-            # What came before this server: the gate's record (whole), else the store's copy.
-            before = record.output if record is not None else job.output
-            # No record: the code has not started yet (queued behind other work); keep following.
+            # A running job's record was joined in the stream (KernelSession); no record: it
+            # has not started yet (queued behind other work), keep following.
             if record is not None and record.status != "running" and not execution.done.is_set():
                 execution.finish_from(record.status, record.output)
-            else:
-                _seed(execution, before)
             execution.stash.update(record.stash if record else job.stash)
             if record is not None and record.progress:
                 execution.last_progress = record.progress
@@ -731,18 +727,6 @@ class Kaimon:
                 )
             )
         yield result
-
-
-def _seed(execution: Execution, before: str) -> None:
-    """Put what an evaluation printed before this server followed it ahead of what came
-    since (which may repeat the end of ``before``: the gate's record and the stream overlap)."""
-    since = execution.capture.text()
-    overlap = next(
-        (k for k in range(min(len(before), len(since)), 0, -1) if before.endswith(since[:k])), 0
-    )
-    capture = OutputCapture(limit=execution.capture.limit)
-    capture.add_text(before + since[overlap:])
-    execution.capture = capture
 
 
 def _followed_by_another(job: Job, me: ProcessIdentity) -> bool:

@@ -85,7 +85,9 @@ class GateClosed:
 
 
 #: What listeners receive: the gate's own messages, and :class:`GateClosed`.
-GateEvent = Welcome | Refused | ToolsChanged | SessionChanged | EvalUpdate | GateClosed
+GateEvent = (
+    Welcome | Refused | ToolsChanged | SessionChanged | EvalUpdate | EvalRecords | GateClosed
+)
 
 
 @dataclass
@@ -271,6 +273,10 @@ class GateClient:
             return
         if isinstance(message, InfoReply):
             self.info = message.session
+        if isinstance(message, EvalRecords):
+            # at its place in the message stream: output before it is in the records, output
+            # after it is not (listeners join the two exactly)
+            self._emit(message)
         waiter = self._pending.pop(message.request_id, None)
         if waiter is None:
             if not message.ok and message.request_id in self.calls:  # a call it could not start

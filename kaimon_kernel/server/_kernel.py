@@ -24,6 +24,7 @@ from .._protocol import (
     EVAL_METADATA_KEY,
     EvalCancelled,
     EvalRecord,
+    EvalRecords,
     EvalUpdate,
     Hello,
     ProcessIdentity,
@@ -398,6 +399,14 @@ class KernelSession:
             self.tools = self.gate.tools
         elif isinstance(event, ToolsChanged):
             self.tools = event.tools
+        elif isinstance(event, EvalRecords):
+            for record in event.records:
+                ex = self.executions.get(record.msg_id)
+                if ex is not None and ex.reattached and not ex.done.is_set():
+                    # what it printed before this server followed it: the gate's record holds
+                    # exactly what came before this reply in the stream; what follows appends
+                    ex.capture = OutputCapture(limit=ex.capture.limit)
+                    ex.capture.add_text(record.output)
         elif isinstance(event, EvalUpdate):
             ex = self.executions.get(event.msg_id)
             if ex is not None:

@@ -44,25 +44,21 @@ def test_no_private_helper_leaks_into_the_public_namespace() -> None:
     assert sorted(dir(kaimon_kernel)) == sorted(PUBLIC)
 
 
-def test_the_server_half_imports_no_kernel_machinery() -> None:
+def loaded_after_import(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of ``candidates`` a fresh interpreter has loaded after importing ``module``."""
+    import ast
     import subprocess
     import sys
 
-    code = (
-        "import sys, kaimon_kernel.server._run\n"
-        "print(sorted(m for m in ('ipykernel', 'IPython') if m in sys.modules))"
-    )
+    code = f"import sys, {module}\nprint(sorted(m for m in {candidates!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return ast.literal_eval(out.stdout)
+
+
+def test_the_server_half_imports_no_kernel_machinery() -> None:
+    assert loaded_after_import("kaimon_kernel.server._run", ("ipykernel", "IPython")) == []
 
 
 def test_the_core_imports_nothing_of_mcp() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, kaimon_kernel.server._core\n"
-        "print(sorted(m for m in ('mcp', 'uvicorn', 'starlette') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    core = "kaimon_kernel.server._core"
+    assert loaded_after_import(core, ("mcp", "uvicorn", "starlette")) == []

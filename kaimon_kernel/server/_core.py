@@ -109,7 +109,7 @@ class Run:
     execution: Execution
     block_id: str
     note: str = ""
-    #: Set when recording the finished block failed: the code ran, the block is incomplete.
+    #: Set when writing the block's file failed at the end: the code ran, the file is short.
     store_problem: str = ""
 
     @property
@@ -373,19 +373,20 @@ class Kaimon:
         run = Run(target, execution, block_id, note)
 
         def finished() -> None:
-            writer.close()
-            cap = execution.capture
             try:
-                self.blocks.finish(
-                    block_id,
-                    status=execution.status,
-                    duration=round(execution.elapsed, 3),
-                    chars=writer.chars,
-                    error=cap.error,
-                    images=[{"mime": i.mime, "data": i.data} for i in cap.images],
-                )
-            except Exception as err:  # the code ran; say so rather than fail the reply
-                run.store_problem = f"the code ran, but its block could not be saved: {err}"
+                writer.close()
+            except OSError as err:  # the code ran; the reply says so, the block keeps the rest
+                run.store_problem = f"the code ran, but its block file is incomplete: {err}"
+            cap = execution.capture
+            # queued: a failure is reported on the next ex (Database.take_errors)
+            self.blocks.finish(
+                block_id,
+                status=execution.status,
+                duration=round(execution.elapsed, 3),
+                chars=writer.chars,
+                error=cap.error,
+                images=[{"mime": i.mime, "data": i.data} for i in cap.images],
+            )
             self.bus.publish(
                 ExecutionFinished(target.key, execution.msg_id, execution.status, block_id)
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from fakes import FakeKernel, FakeProvider, session_info
 from mcp import Client
@@ -100,3 +101,38 @@ async def test_a_new_server_leaves_alone_the_jobs_another_live_server_follows(
     followed, orphan = await kaimon.jobs.get("aa01"), await kaimon.jobs.get("aa02")
     assert followed is not None and followed.status == "running"
     assert orphan is not None and orphan.status == "lost"
+
+
+async def test_a_store_moved_aside_at_start_is_told_to_the_agent_once(kaimon: Kaimon) -> None:
+    from pathlib import Path
+
+    kaimon.store.moved_aside = Path("/tmp/jobs.sqlite3.corrupt-1")
+    first = await kaimon.execute("1", session="k1")
+    second = await kaimon.execute("2", session="k1")
+    assert "moved aside to /tmp/jobs.sqlite3.corrupt-1" in first.note
+    assert "moved aside" not in second.note
+
+
+async def test_sessions_are_still_found_when_watching_for_them_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kaimon_kernel.server import _sessions
+
+    monkeypatch.setattr(_sessions, "LIVENESS_INTERVAL", 0.05)
+
+    class BlindProvider(FakeProvider):
+        async def watch(self, changed: object) -> None:
+            raise OSError("inotify watch limit reached")
+
+    provider = BlindProvider()
+    registry = Registry([provider])
+    await registry.first()
+    runner = asyncio.create_task(registry.run())
+    try:
+        provider.add(FakeKernel(session_info("late")))  # served after the server started
+        with anyio.fail_after(5):
+            while "late" not in registry.sessions:
+                await asyncio.sleep(0.02)
+    finally:
+        runner.cancel()
+        await registry.close()

@@ -352,6 +352,12 @@ class Kaimon:
         problems = self.store.take_errors()
         if problems:  # queued writes that failed since the last ex: say so, once
             note += ("\n" if note else "") + f"[kaimon: saving to the store failed: {problems[-1]}]"
+        if self.store.moved_aside is not None:  # said once: earlier jobs and blocks are there
+            note += ("\n" if note else "") + (
+                f"[kaimon: the job store was damaged and moved aside to {self.store.moved_aside} "
+                "at start; earlier jobs and blocks are in that file]"
+            )
+            self.store.moved_aside = None
         try:
             block_id, writer = await self.blocks.start(target.key, code)
         except StoreError as err:

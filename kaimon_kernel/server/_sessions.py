@@ -55,9 +55,19 @@ class Registry:
     async def run(self) -> None:
         """Follow the providers' announcements and the kernels' liveness until cancelled."""
         watchers = [asyncio.create_task(p.watch(self.scan)) for p in self.providers]
+        blind = False
         try:
             while True:
                 await asyncio.sleep(LIVENESS_INTERVAL)
+                if not blind and any(w.done() for w in watchers):
+                    # a watcher died (e.g. no inotify watches left): look on a timer instead,
+                    # so sessions served or withdrawn are still seen
+                    blind = True
+                    for w in watchers:
+                        if w.done() and not w.cancelled() and w.exception() is not None:
+                            logger.warning("watching for sessions failed: %s", w.exception())
+                if blind:
+                    await self.scan()
                 await self._check_liveness()
         finally:
             for watcher in watchers:

@@ -20,49 +20,35 @@ from ._protocol import PROTOCOL_VERSION
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "AmbiguousSession",
-    "DeadKernelError",
+# The gate's half loads on first use: `kaimon serve` never needs ipykernel or IPython, and
+# importing them costs a server start 150 ms.
+_GATE_NAMES = (
     "GateTool",
-    "KaimonError",
-    "KernelTimeout",
-    "ProtocolMismatch",
-    "SessionNotFound",
     "ToolArgumentError",
     "ToolDefinitionError",
     "is_cancelled",
     "list_tools",
-    "load_ipython_extension",
     "progress",
     "register",
     "serve",
     "stash",
     "stop",
     "tool",
-    "unload_ipython_extension",
     "unregister",
-]
-
-
-# The gate's half loads on first use: `kaimon serve` never needs ipykernel or IPython, and
-# importing them costs a server start 150 ms.
-_GATE_NAMES = frozenset(
-    {
-        "GateTool",
-        "ToolArgumentError",
-        "ToolDefinitionError",
-        "is_cancelled",
-        "list_tools",
-        "progress",
-        "register",
-        "serve",
-        "stash",
-        "stop",
-        "tool",
-        "unregister",
-    }
 )
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AmbiguousSession",
+    "DeadKernelError",
+    "KaimonError",
+    "KernelTimeout",
+    "ProtocolMismatch",
+    "SessionNotFound",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    *_GATE_NAMES,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -93,24 +93,33 @@ class RawClient:
     async def __aexit__(self, *exc: object) -> None:
         self.kc.stop_channels()
 
-    async def once(self) -> float:
-        # what kaimon's rounds put on iopub meanwhile is not this round's work: untimed
+    async def drain(self) -> None:
+        """Drop what kaimon's rounds put on iopub meanwhile: not this round's work, untimed."""
         while await self.kc.iopub_channel.msg_ready():
             await self.kc.get_iopub_msg(timeout=1)
-        t = time.perf_counter()
-        msg_id = self.kc.execute("1+1")
+
+    async def run(self, code: str, timeout: float = 10) -> str:
+        """Run ``code`` until its reply and iopub idle; the text of its execute_result."""
+        msg_id = self.kc.execute(code)
+        answer = ""
         idle = reply = False
         while not (idle and reply):
             if not reply:
-                r = await self.kc.get_shell_msg(timeout=10)
+                r = await self.kc.get_shell_msg(timeout=timeout)
                 reply = r["parent_header"].get("msg_id") == msg_id
             if not idle:
-                m = await self.kc.get_iopub_msg(timeout=10)
-                idle = (
-                    m["parent_header"].get("msg_id") == msg_id
-                    and m["msg_type"] == "status"
-                    and m["content"]["execution_state"] == "idle"
-                )
+                m = await self.kc.get_iopub_msg(timeout=timeout)
+                if m["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if m["msg_type"] == "execute_result":
+                    answer = m["content"]["data"].get("text/plain", "")
+                idle = m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+        return answer
+
+    async def once(self) -> float:
+        await self.drain()
+        t = time.perf_counter()
+        await self.run("1+1")
         return time.perf_counter() - t
 
 

@@ -23,12 +23,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from _common import (  # isolates Jupyter dirs first
+    RawClient,
     ServedKernels,
     http_client,
     http_server,
     pct,
 )
-from jupyter_client.asynchronous import AsyncKernelClient
 from mcp import Client
 
 CALL_TIMEOUT = 30.0
@@ -52,40 +52,12 @@ class Tally:
     calls: int = 0
 
 
-class RawLoop:
-    """One raw jupyter_client agent: execute_request → execute_result, reply and iopub idle."""
-
-    def __init__(self, connection_file: str) -> None:
-        self.kc = AsyncKernelClient(connection_file=connection_file)
-        self.kc.load_connection_file()
-
-    async def __aenter__(self) -> RawLoop:
-        self.kc.start_channels()
-        await self.kc.wait_for_ready(timeout=30)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.kc.stop_channels()
+class RawLoop(RawClient):
+    """One raw jupyter_client agent: its answer is compared like kaimon's."""
 
     async def call(self, code: str) -> str:
-        # kaimon's phases leave their traffic on iopub: not this call's work, untimed
-        while await self.kc.iopub_channel.msg_ready():
-            await self.kc.get_iopub_msg(timeout=1)
-        msg_id = self.kc.execute(code)
-        answer = ""
-        idle = reply = False
-        while not (idle and reply):
-            if not reply:
-                r = await self.kc.get_shell_msg(timeout=CALL_TIMEOUT)
-                reply = r["parent_header"].get("msg_id") == msg_id
-            if not idle:
-                m = await self.kc.get_iopub_msg(timeout=CALL_TIMEOUT)
-                if m["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if m["msg_type"] == "execute_result":
-                    answer = m["content"]["data"].get("text/plain", "")
-                idle = m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
-        return answer
+        await self.drain()
+        return await self.run(code, CALL_TIMEOUT)
 
 
 def mcp_call(client: Client, key: str) -> Callable[[str], Awaitable[str]]:

@@ -27,7 +27,6 @@ from _common import (  # isolates Jupyter dirs first
 )
 from mcp import Client
 
-
 # the block store's own note where it stops keeping a block (a cap, said in the block)
 CUT_NOTE = re.compile(r"\n… \[([\d,]+) more characters were not kept\] …\n$")
 

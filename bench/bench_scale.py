@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import psutil
 from _common import (  # isolates Jupyter dirs first
     ServedKernels,
     http_client,
@@ -28,8 +29,6 @@ from _common import (  # isolates Jupyter dirs first
     memory_mb,
 )
 from mcp import Client, StdioServerParameters
-
-import psutil
 
 
 async def startup_once(expected: set[str]) -> tuple[float, float, int]:
@@ -155,8 +154,7 @@ async def main(args: argparse.Namespace) -> None:
             "(target < 1 % of a core at 100 sessions)"
         )
         print(
-            f"{'sessions':>8} {'server CPU':>11} {'all kernels':>12} {'server RSS':>11} "
-            f"{'load':>5}"
+            f"{'sessions':>8} {'server CPU':>11} {'all kernels':>12} {'server RSS':>11} {'load':>5}"
         )
         for count, idle_ in idles.items():
             print(idle_.row(count))

@@ -13,6 +13,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from kaimon_kernel._protocol import COMM_TARGET, ProcessIdentity, SessionInfo, ToolSpec, Welcome
+from kaimon_kernel.server._jobs import Job
 
 
 def session_info(key: str = "k1", **changes: Any) -> SessionInfo:
@@ -142,3 +143,19 @@ class FakeProvider:
     async def interrupt_signal(self, info: SessionInfo) -> bool:
         self.signalled.append(info.key)
         return True
+
+
+def job(job_id: str, status: str = "running", **kw: object) -> Job:
+    """A job row for the store, with whatever fields a test sets."""
+    fields: dict = dict(
+        id=job_id,
+        msg_id=f"m-{job_id}",
+        session_key="k",
+        session_id="s",
+        kernel_pid=1,
+        code="1",
+        status=status,
+        created_at=time.time(),
+    )
+    fields.update(kw)
+    return Job(**fields)

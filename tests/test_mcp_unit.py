@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from fakes import FakeKernel, FakeProvider, session_info
+from fakes import FakeKernel, FakeProvider, job, session_info
 from mcp import Client
 
 from kaimon_kernel._protocol import ToolSpec
@@ -75,28 +75,14 @@ async def test_a_new_server_leaves_alone_the_jobs_another_live_server_follows(
     kaimon: Kaimon,
 ) -> None:
     import os
-    import time
 
     from kaimon_kernel._protocol import ProcessIdentity
-    from kaimon_kernel.server._jobs import Job
-
-    def job(job_id: str, server: ProcessIdentity | None) -> Job:
-        return Job(
-            id=job_id,
-            msg_id=f"m-{job_id}",
-            session_key="gone",
-            session_id="gone-id",
-            kernel_pid=999_999,
-            code="long()",
-            status="running",
-            created_at=time.time(),
-            server=server.model_dump_json() if server else None,
-        )
 
     alive = ProcessIdentity.of(os.getppid())  # another live process: that server runs
     dead = ProcessIdentity(pid=999_999, create_time=1.0)
-    kaimon.jobs.add(job("aa01", alive))
-    kaimon.jobs.add(job("aa02", dead))
+    assert alive is not None
+    for job_id, server in (("aa01", alive), ("aa02", dead)):  # kernel 999999: gone
+        kaimon.jobs.add(job(job_id, kernel_pid=999_999, server=server.model_dump_json()))
     await kaimon.recover_jobs()
     followed, orphan = await kaimon.jobs.get("aa01"), await kaimon.jobs.get("aa02")
     assert followed is not None and followed.status == "running"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from fakes import job
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,21 +46,6 @@ CREATE TABLE IF NOT EXISTS blocks (
 );
 CREATE INDEX IF NOT EXISTS blocks_session ON blocks (session_key, started_at);
 """
-
-
-def job(job_id: str, status: str = "running", **kw: object) -> Job:
-    fields: dict = dict(
-        id=job_id,
-        msg_id=f"m-{job_id}",
-        session_key="k",
-        session_id="s",
-        kernel_pid=1,
-        code="1",
-        status=status,
-        created_at=time.time(),
-    )
-    fields.update(kw)
-    return Job(**fields)
 
 
 @pytest.fixture

@@ -24,10 +24,8 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     def session_key(session: str | None) -> str | None:
         if session is None:
             return None
-        try:
-            return kaimon.registry.resolve(session).key
-        except KaimonError:
-            return session  # a session that is gone: its key still names its blocks
+        found = kaimon.blocks_of(session)
+        return found if isinstance(found, str) else found.key
 
     @mcp.tool()
     async def history(

@@ -320,6 +320,16 @@ class Kaimon:
             "same key."
         )
 
+    def blocks_of(self, session: str | None) -> KernelSession | str:
+        """The session whose blocks ``session`` names: a live one, else the name itself (a
+        session that is gone: its key still names its blocks)."""
+        try:
+            return self.registry.resolve(session)
+        except KaimonError:
+            if not session:
+                raise
+            return session
+
     async def export_notebook(
         self, session: str | None, path: str, *, overwrite: bool = False
     ) -> tuple[str, Path, int]:
@@ -327,13 +337,10 @@ class Kaimon:
 
         A relative ``path`` is in the session's folder; the file must be in an allowed
         project, and an existing one is replaced only with ``overwrite``."""
-        try:
-            live = self.registry.resolve(session)
-            key, base = live.key, Path(live.info.cwd)
-        except KaimonError:
-            if session is None:
-                raise
-            key, base = session, None  # a session that is gone: its key names its blocks
+        live = self.blocks_of(session)
+        key, base = (
+            (live.key, Path(live.info.cwd)) if isinstance(live, KernelSession) else (live, None)
+        )
         target = export_target(path, base, allowed_roots(self.options.cwd))
         blocks = list(reversed(await self.blocks.history(key, EXPORT_MAX_BLOCKS)))
         if not blocks:

@@ -306,7 +306,7 @@ class Database:
         try:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             # WAL + NORMAL survives a crash of the server (what recovery is for) without an
             # fsync per block on the ex hot path.
             db.execute("PRAGMA synchronous=NORMAL")
@@ -320,6 +320,20 @@ class Database:
         for suffix in ("-wal", "-shm"):
             _private_file(Path(f"{self.path}{suffix}"), create=False)
         return db
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL. SQLite does not wait on the busy timeout for this switch, so servers
+    opening one new store together got "database is locked": wait here, as long."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _STOP(db: sqlite3.Connection) -> None:

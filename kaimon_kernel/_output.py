@@ -10,12 +10,16 @@ what was shown so far (with ``wait=True``, when the next output comes).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Image", "OutputCapture", "as_shown", "strip_ansi"]
+__all__ = ["MAX_EDGE", "Image", "OutputCapture", "as_shown", "fit_image", "strip_ansi"]
 
 #: A display with a display_id sits in the text as a token, rendered with its latest content.
 _SLOT = re.compile("\ue000(\\d+)\ue001\n?")  # its own line: a later \r cannot erase it
@@ -27,6 +31,47 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 MAX_IMAGE_B64 = 700_000
 MAX_IMAGES_B64_TOTAL = 750_000
 IMAGE_TYPES = ("image/png", "image/jpeg")
+#: The longest edge, in pixels, of an image sent to an agent (what Claude's vision
+#: recommends: larger images are scaled down by the model anyway, at the agent's cost).
+MAX_EDGE = 1568
+_PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
+
+
+def fit_image(data: str, mime: str, max_edge: int = MAX_EDGE, max_b64: int | None = None) -> str:
+    """``data`` (base64) scaled down so that its longest edge is at most ``max_edge`` pixels
+    and, given ``max_b64``, its base64 at most that long; in the same format (PNG stays PNG).
+    Unchanged when it already fits or cannot be read as an image."""
+    fmt = _PIL_FORMATS.get(mime)
+    if fmt is None or max_edge <= 0:
+        return data
+    from PIL import Image as PILImage  # a server-only cost
+
+    try:
+        with PILImage.open(io.BytesIO(base64.b64decode(data))) as im:
+            edge = min(max(im.size), max_edge)
+            if edge == max(im.size) and (max_b64 is None or len(data) <= max_b64):
+                return data  # only the header was read
+            im.load()
+            for _ in range(6):  # a busy picture may need a smaller size to fit the bytes
+                out = _encode(im, fmt, edge)
+                if max_b64 is None or len(out) <= max_b64:
+                    return out
+                edge = int(edge * min(0.9, (max_b64 / len(out)) ** 0.5))
+    except (OSError, ValueError, binascii.Error, PILImage.DecompressionBombError):
+        return data
+    return data
+
+
+def _encode(im: Any, fmt: str, edge: int) -> str:
+    from PIL import Image as PILImage
+
+    small = im.copy()
+    small.thumbnail((edge, edge), PILImage.Resampling.LANCZOS)
+    if fmt == "JPEG" and small.mode not in ("RGB", "L", "CMYK"):
+        small = small.convert("RGB")
+    buf = io.BytesIO()
+    small.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def strip_ansi(text: str) -> str:
@@ -123,6 +168,8 @@ class OutputCapture:
 
     limit: int = 6000
     stream_limit: int = 8000
+    #: Images are scaled down to this longest edge (pixels) as they come.
+    max_edge: int = MAX_EDGE
     images: list[Image] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
@@ -240,7 +287,8 @@ class OutputCapture:
             b64 = data.get(mime)
             if not isinstance(b64, str):
                 continue
-            b64 = b64.replace("\n", "")
+            room = min(MAX_IMAGE_B64, MAX_IMAGES_B64_TOTAL - self._images_b64)
+            b64 = fit_image(b64.replace("\n", ""), mime, self.max_edge, max(room, 1))
             size = len(b64)
             if size > MAX_IMAGE_B64 or self._images_b64 + size > MAX_IMAGES_B64_TOTAL:
                 return (

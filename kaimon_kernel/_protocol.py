@@ -204,6 +204,11 @@ class ToolSpec(_Model):
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
     timeout: float | None = None
+    #: MCP tool annotations (hints for the client; None: not said).
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
 
 
 class TextBlock(_Model):

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -45,9 +45,11 @@ __all__ = [
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_PROMOTE_AFTER",
     "ENV_PREFIX",
+    "ImagesSetting",
     "LaunchSettings",
     "Settings",
     "SettingsError",
+    "ToolsSetting",
     "load_settings",
 ]
 
@@ -121,6 +123,26 @@ def read_config_file(path: Path, settings_cls: type[BaseSettings]) -> dict[str, 
     return data
 
 
+class ToolsSetting(BaseModel):
+    """kaimon.json ``"tools"``: which tools agents see (shell-style patterns over MCP names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: list[str] | None = Field(None, description="only these tools are shown")
+    deny: list[str] = Field(default_factory=list, description="these tools are hidden")
+
+
+class ImagesSetting(BaseModel):
+    """kaimon.json ``"images"``: how images come back to the agent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_per_reply: int = Field(4, ge=0, description="images inline in one reply at most")
+    links: bool = Field(
+        False, description="return images as resource links (read on demand), not inline"
+    )
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("must be a finite number of seconds")
@@ -163,15 +185,28 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="HTTP needs the bearer token")
     log_level: str = Field("WARNING", description="logging level on stderr")
     cwd: Path = Field(default_factory=Path.cwd, description="the server's working directory")
+    tools: ToolsSetting = Field(
+        default_factory=ToolsSetting,
+        description='tools shown to agents: {"allow": [...]} or {"deny": [...]} (names or '
+        "shell patterns)",
+    )
+    images: ImagesSetting = Field(default_factory=ImagesSetting, description="image replies")
+    heartbeat: float = Field(
+        5.0,
+        ge=0,
+        description="seconds without output in a running call before a progress "
+        "notification says it still runs (keeps clients that reset their timeout on "
+        "progress waiting); 0: never",
+    )
 
-    @field_validator("promote_after", "cancel_grace", mode="before")
+    @field_validator("promote_after", "cancel_grace", "heartbeat", mode="before")
     @classmethod
     def _not_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("must be a number of seconds, not true/false")
         return value
 
-    @field_validator("promote_after", "cancel_grace")
+    @field_validator("promote_after", "cancel_grace", "heartbeat")
     @classmethod
     def _seconds(cls, value: float) -> float:
         return _finite(value)

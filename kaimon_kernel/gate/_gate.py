@@ -635,11 +635,32 @@ def list_tools() -> list[GateTool]:
     return current_gate().tools.list()
 
 
-def tool(fn: Any = None, *, name: str | None = None, timeout: float | None = None) -> Any:
-    """Decorator: register a function as a tool of this kernel (``@tool`` or ``@tool(name=…)``)."""
+def tool(
+    fn: Any = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    read_only: bool | None = None,
+    destructive: bool | None = None,
+    idempotent: bool | None = None,
+    open_world: bool | None = None,
+) -> Any:
+    """Decorator: register a function as a tool of this kernel (``@tool`` or ``@tool(name=…)``).
+
+    The keyword options are :class:`GateTool`'s."""
 
     def wrap(f: Any) -> Any:
-        register(GateTool(name or f.__name__, f, timeout=timeout))
+        register(
+            GateTool(
+                name or f.__name__,
+                f,
+                timeout=timeout,
+                read_only=read_only,
+                destructive=destructive,
+                idempotent=idempotent,
+                open_world=open_world,
+            )
+        )
         return f
 
     return wrap(fn) if fn is not None else wrap

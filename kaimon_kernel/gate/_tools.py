@@ -37,12 +37,20 @@ class GateTool:
 
     ``handler`` is any typed function (sync or async); its docstring becomes the
     description unless ``description`` is given. ``timeout`` (seconds) bounds each call.
+    ``read_only``, ``destructive``, ``idempotent`` and ``open_world`` become the tool's MCP
+    annotations (hints a client may use to decide what needs the person's approval); None
+    leaves the hint unsaid. A name starting with ``_`` makes a tool agents can call but do
+    not see listed.
     """
 
     name: str
     handler: Callable[..., Any]
     description: str | None = None
     timeout: float | None = None
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -53,6 +61,12 @@ class GateTool:
             raise ToolDefinitionError(
                 f"tool {self.name!r}: handler {self.handler!r} is not callable"
             )
+        for hint in ("read_only", "destructive", "idempotent", "open_world"):
+            if getattr(self, hint) not in (None, True, False):
+                raise ToolDefinitionError(
+                    f"tool {self.name!r}: {hint} must be True, False or None, "
+                    f"not {getattr(self, hint)!r}"
+                )
         self.signature = Signature.of(self.handler, self.name)
 
     def spec(self) -> ToolSpec:
@@ -62,6 +76,10 @@ class GateTool:
             input_schema=self.signature.input_schema,
             output_schema=self.signature.output_schema,
             timeout=self.timeout,
+            read_only=self.read_only,
+            destructive=self.destructive,
+            idempotent=self.idempotent,
+            open_world=self.open_world,
         )
 
 

@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from .._errors import KaimonError
+from .._errors import InvalidArgument, KaimonError
 from ._core import Kaimon
 from ._results import text_result
+from ._surface import READ_ONLY, changes
 
-__all__ = ["add_block_tools"]
+__all__ = ["add_block_tools", "read_page"]
 
 
 def _first_line(code: str) -> str:
     return (code.strip().splitlines() or [""])[0][:70]
+
+
+async def read_page(
+    kaimon: Kaimon, block_id: str, offset: int, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """A page of a block's output with a header saying where it is and how to read on
+    (read_block and the ``kaimon://block/<id>`` resource). Raises KaimonError."""
+    found = await kaimon.blocks.find(block_id.strip())
+    if len(found) != 1:
+        raise InvalidArgument(
+            f"no block has id {block_id!r}; see history"
+            if not found
+            else f"{block_id!r} matches several blocks; give more characters"
+        )
+    block = found[0]
+    text, total = await kaimon.blocks.read(block, offset, limit)
+    end = offset + len(text)
+    more = f"; next: read_block(block_id={block.id!r}, offset={end})" if end < total else ""
+    span = f"characters {offset:,}-{end:,} of {total:,}"
+    header = f"[block {block.id}, {block.status}: {span}{more}]\n"
+    structured = {
+        "block_id": block.id,
+        "offset": offset,
+        "end": end,
+        "total": total,
+        "status": block.status,
+    }
+    return header + text, structured
 
 
 def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
@@ -27,12 +56,12 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         found = kaimon.blocks_of(session)
         return found if isinstance(found, str) else found.key
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def history(
-        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+        session: str | None = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 20,
     ) -> CallToolResult:
-        """The agent's recent blocks (one per ex), newest first, one line each."""
+        """Your recent ex blocks."""
         try:
             blocks = await kaimon.blocks.history(session_key(session), limit)
         except KaimonError as err:
@@ -57,57 +86,26 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         ]
         return text_result("\n".join(lines) or "no blocks yet", structured={"blocks": rows})
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def read_block(
-        block_id: Annotated[str, Field(description="a block id from history, or a unique prefix")],
-        offset: Annotated[int, Field(ge=0, description="first character to return")] = 0,
-        limit: Annotated[int, Field(ge=1, le=100_000, description="characters to return")] = 4000,
+        block_id: str,
+        offset: Annotated[int, Field(ge=0)] = 0,
+        limit: Annotated[int, Field(ge=1, le=100_000)] = 4000,
     ) -> CallToolResult:
-        """A page of a block's full output (characters offset .. offset+limit)."""
+        """Read a cut reply's full output, by pages."""
         try:
-            found = await kaimon.blocks.find(block_id.strip())
-            if len(found) == 1:
-                text, total = await kaimon.blocks.read(found[0], offset, limit)
+            text, structured = await read_page(kaimon, block_id, offset, limit)
         except KaimonError as err:
             return text_result(str(err), error=True)
-        if len(found) != 1:
-            return text_result(
-                f"no block has id {block_id!r}; see history"
-                if not found
-                else f"{block_id!r} matches several blocks; give more characters",
-                error=True,
-            )
-        block = found[0]
-        end = offset + len(text)
-        more = f"; next: read_block(block_id={block.id!r}, offset={end})" if end < total else ""
-        span = f"characters {offset:,}-{end:,} of {total:,}"
-        header = f"[block {block.id}, {block.status}: {span}{more}]\n"
-        return text_result(
-            header + text,
-            structured={
-                "block_id": block.id,
-                "offset": offset,
-                "end": end,
-                "total": total,
-                "status": block.status,
-            },
-        )
+        return text_result(text, structured=structured)
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=True, idempotent=True))
     async def export_notebook(
-        path: Annotated[
-            str,
-            Field(
-                description="where to write the .ipynb (in an allowed project); a relative "
-                "path is in the session's folder"
-            ),
-        ],
-        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
-        overwrite: Annotated[
-            bool, Field(description="replace the file if it exists (else it is an error)")
-        ] = False,
+        path: str,
+        session: str | None = None,
+        overwrite: bool = False,
     ) -> CallToolResult:
-        """Write the agent's blocks of a session as a real .ipynb the person can open and re-run."""
+        """Save ex blocks as an .ipynb in an allowed project."""
         key, target, cells = await kaimon.export_notebook(session, path, overwrite=overwrite)
         return text_result(
             f"wrote {cells} blocks of session {key} to {target}",

@@ -10,7 +10,6 @@ points only: middleware (to learn which connections speak the older protocol, an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -20,18 +19,24 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
-from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from mcp.types import CallToolResult, ContentBlock, TextContent
+from mcp.types import Resource as MCPResource
 from mcp.types import Tool as MCPTool
 
 from .. import __version__
 from .._errors import InvalidArgument, KaimonError
+from .._output import Image, fit_image
 from .._protocol import ImageBlock, ToolResult
+from .._settings import Settings, load_settings
 from ._block_tools import add_block_tools
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
-from ._instructions import INSTRUCTIONS
-from ._results import text_result
+from ._heartbeat import Heartbeat
+from ._instructions import INSTRUCTIONS, add_prompts
+from ._resources import add_resources, listed_resources
+from ._results import image_content, text_result
 from ._session_tools import add_session_tools
+from ._surface import ToolFilter, compact_schema, gate_annotations, tidy_description
 from ._tools import add_exec_tools
 
 __all__ = ["KaimonMCP", "build_mcp"]
@@ -47,8 +52,10 @@ CONNECT_GRACE = 5.0
 class KaimonMCP(MCPServer):
     """MCPServer plus the gate tools of every session, which come and go at run time."""
 
-    def __init__(self, kaimon: Kaimon) -> None:
+    def __init__(self, kaimon: Kaimon, settings: Settings | None = None) -> None:
         self._bus = InMemorySubscriptionBus()
+        self.options = settings if settings is not None else load_settings()
+        self.tool_filter = ToolFilter(self.options.tools)
         super().__init__(
             name="kaimon",
             instructions=INSTRUCTIONS,
@@ -84,19 +91,34 @@ class KaimonMCP(MCPServer):
 
     async def list_tools(self) -> list[MCPTool]:
         await self._first_sessions()
-        builtin = await super().list_tools()
-        taken = {t.name for t in builtin}
+        allows = self.tool_filter.allows
+        every = await super().list_tools()
+        taken = {t.name for t in every}
+        builtin = [
+            t.model_copy(
+                update={
+                    "description": tidy_description(t.description),
+                    "input_schema": compact_schema(t.input_schema),
+                }
+            )
+            for t in every
+            if allows(t.name)
+        ]
         gate = [
             MCPTool(
                 name=ref.mcp_name,
                 description=ref.spec.description or f"{ref.spec.name} (session {ref.session.key})",
                 input_schema=ref.spec.input_schema,
                 output_schema=ref.spec.output_schema,
+                annotations=gate_annotations(ref.spec),
             )
             for ref in self.kaimon.gate_tools().values()
-            if ref.mcp_name not in taken
+            if ref.mcp_name not in taken and ToolFilter.listed(ref.spec) and allows(ref.mcp_name)
         ]
         return [*builtin, *gate]
+
+    async def list_resources(self) -> list[MCPResource]:
+        return [*await super().list_resources(), *await listed_resources(self.kaimon)]
 
     async def _first_sessions(self) -> None:
         """A client's first tools/list must hold the gate tools of the sessions that were
@@ -115,6 +137,7 @@ class KaimonMCP(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         try:
+            self.tool_filter.check_call(name)
             refuse_unknown_arguments(self._tool_manager.get_tool(name), arguments)
             if self._tool_manager.get_tool(name) is None:
                 ref = self.kaimon.gate_tools().get(name) or await self._gate_tool_once_connected(
@@ -154,13 +177,11 @@ class KaimonMCP(MCPServer):
     async def _call_gate_tool(
         self, ref: GateToolRef, arguments: dict[str, Any], ctx: Context | None
     ) -> CallToolResult:
-        sent = 0
-        async for update in self.kaimon.call_tool(ref, arguments):
-            if isinstance(update, ToolResult):
-                return _tool_result(update)
-            sent += 1
-            value = update.progress if update.progress is not None else sent
-            await _progress(ctx, value, update.total, update.message)
+        async with Heartbeat(ctx, self.options.heartbeat) as beat:
+            async for update in self.kaimon.call_tool(ref, arguments):
+                if isinstance(update, ToolResult):
+                    return _tool_result(update, self.options)
+                await beat.report(update.message, update.progress, update.total)
         raise AssertionError("a tool call ends with its result")
 
     # -- tools/list_changed ------------------------------------------------------------------
@@ -212,29 +233,34 @@ def tool_error(err: KaimonError) -> CallToolResult:
     return text_result(str(err), error=True)
 
 
-async def _progress(ctx: Context | None, value: float, total: float | None, text: str) -> None:
-    if ctx is None:
-        return
-    with contextlib.suppress(Exception):
-        await ctx.report_progress(value, total, text)
-
-
-def _tool_result(result: ToolResult) -> CallToolResult:
+def _tool_result(result: ToolResult, settings: Settings) -> CallToolResult:
+    """A gate tool's result: its text as given, its images scaled down and capped like ex's
+    (inline only: a gate tool's images have no block to be read from later)."""
     blocks: list[ContentBlock] = [
-        ImageContent(type="image", data=b.data, mime_type=b.mime_type)
-        if isinstance(b, ImageBlock)
-        else TextContent(type="text", text=b.text)
+        TextContent(type="text", text=b.text)
         for b in result.content
+        if not isinstance(b, ImageBlock)
     ]
+    images = [
+        Image(b.mime_type, fit_image(b.data, b.mime_type))
+        for b in result.content
+        if isinstance(b, ImageBlock)
+    ]
+    blocks.extend(image_content(images, None, settings.images, links=False))
     return CallToolResult(
         content=blocks, structured_content=result.structured, is_error=result.is_error
     )
 
 
-def build_mcp(kaimon: Kaimon) -> MCPServer:
-    """The MCP server exposing ``kaimon``'s sessions and their gate tools."""
-    mcp = KaimonMCP(kaimon)
-    add_exec_tools(mcp, kaimon)
+def build_mcp(kaimon: Kaimon, settings: Settings | None = None) -> MCPServer:
+    """The MCP server exposing ``kaimon``'s sessions, their gate tools, resources and prompts.
+
+    ``settings`` gives the tool lists, image options and heartbeat (default: the
+    environment and kaimon.json, as ``kaimon serve`` read them)."""
+    mcp = KaimonMCP(kaimon, settings)
+    add_exec_tools(mcp, kaimon, mcp.options.images, mcp.options.heartbeat)
     add_session_tools(mcp, kaimon)
     add_block_tools(mcp, kaimon)
+    add_resources(mcp, kaimon)
+    add_prompts(mcp)
     return mcp

@@ -30,6 +30,7 @@ from ._policy import (
     too_wide,
 )
 from ._results import text_result
+from ._surface import changes
 
 __all__ = ["add_session_tools"]
 
@@ -91,21 +92,13 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             AllowProject,
         )
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=False))
     async def start_session(
         permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
-        project_path: Annotated[
-            str | None,
-            Field(
-                description="an allowed project directory; omit to list them. A relative "
-                "path is relative to the served session's directory"
-            ),
-        ] = None,
-        name: Annotated[str | None, Field(description="a label for the new session")] = None,
+        project_path: Annotated[str | None, Field(description="omit to list them")] = None,
+        name: Annotated[str | None, Field(description="label")] = None,
     ) -> CallToolResult:
-        """Start a new kernel with the gate served, in an allowed project directory (using
-        the project's .venv when it has one with ipykernel and kaimon-kernel). Where the
-        client can ask the person, a directory not allowed yet is put to them."""
+        """Start a kernel in an allowed project."""
         try:
             roots = allowed_roots(kaimon.options.cwd)
             listing = _roots_listing(kaimon, roots)
@@ -151,13 +144,12 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             structured={"key": session.key, "label": session.info.label, "python": used},
         )
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=True))
     async def manage_repl(
-        command: Annotated[Literal["restart", "shutdown", "interrupt"], Field()],
-        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+        command: Literal["restart", "shutdown", "interrupt"],
+        session: str | None = None,
     ) -> CallToolResult:
-        """Restart (fresh kernel, same session key and label: ALL state is lost), shut down,
-        or interrupt a session's kernel."""
+        """Restart (ALL state lost), shut down or interrupt a kernel."""
         target = await kaimon.resolve(session)
         target.usable()
         if command == "interrupt":
@@ -172,18 +164,12 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             )
         return text_result(await kaimon.shutdown(target))
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=False, idempotent=True))
     async def set_option(
-        mirror: Annotated[
-            bool,
-            Field(
-                description="show the agent's work live in the person's "
-                "notebook (the %kaimon serve cell)"
-            ),
-        ],
-        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+        mirror: bool,
+        session: str | None = None,
     ) -> CallToolResult:
-        """Turn the live view of your work in the person's notebook on or off."""
+        """Mirror your work in the person's notebook, or stop."""
         try:
             target = await kaimon.resolve(session)
             if not target.info.allow_mirror:
@@ -197,14 +183,13 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             return text_result(str(err), error=True)
         return text_result(f"live view {'on' if mirror else 'off'} in session {target.key}")
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=False, idempotent=True))
     async def set_session_info(
-        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
-        label: Annotated[str | None, Field(description="a short name to call it by")] = None,
-        description: Annotated[str | None, Field(description="what it is for")] = None,
+        session: str | None = None,
+        label: str | None = None,
+        description: str | None = None,
     ) -> CallToolResult:
-        """Give a session a label and a description (what it is for), shown by list_sessions.
-        An empty label or description clears it (the label falls back to the namespace)."""
+        """Label and describe a session."""
         if label is None and description is None:
             return text_result("give a label, a description, or both", error=True)
         try:

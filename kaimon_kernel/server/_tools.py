@@ -4,25 +4,34 @@ list_sessions, usage_instructions. They call the core and render its results."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 from pydantic import Field
 
+from .._settings import ImagesSetting
 from ._core import JOB_STATUS, Kaimon, TrackedEval
 from ._execution import Execution
-from ._instructions import INSTRUCTIONS
+from ._heartbeat import Heartbeat
+from ._instructions import USAGE
 from ._jobs import Job
 from ._kernel import KernelSession
-from ._results import text_result
+from ._results import image_content, text_result
+from ._surface import READ_ONLY, changes
 
-__all__ = ["add_exec_tools"]
+__all__ = ["add_exec_tools", "session_row"]
 
 
-def _result_content(execution: Execution, header: str = "") -> list[ContentBlock]:
+def _result_content(
+    execution: Execution,
+    header: str = "",
+    *,
+    block_id: str | None = None,
+    images: ImagesSetting | None = None,
+    links: bool | None = None,
+) -> list[ContentBlock]:
     text = execution.capture.text()
     blocks: list[ContentBlock] = []
     body = header + (text if text else "")
@@ -30,15 +39,14 @@ def _result_content(execution: Execution, header: str = "") -> list[ContentBlock
         body = "(no output)"
     if execution.reason:
         body += ("\n" if body and not body.endswith("\n") else "") + f"[{execution.reason}]"
-    blocks.append(TextContent(type="text", text=body))
-    blocks.extend(
-        ImageContent(type="image", data=img.data, mime_type=img.mime)
-        for img in execution.capture.images
-    )
+    if body:  # an image-only result is just its images
+        blocks.append(TextContent(type="text", text=body))
+    blocks.extend(image_content(execution.capture.images, block_id, images, links))
     return blocks
 
 
-def _session_row(session: KernelSession) -> dict[str, Any]:
+def session_row(session: KernelSession) -> dict[str, Any]:
+    """A session as list_sessions and its resource show it."""
     info = session.info
     running = [e for e in session.executions.values() if not e.done.is_set()]
     if session.state in ("dead", "refused", "connecting", "closed"):
@@ -70,35 +78,31 @@ def _session_row(session: KernelSession) -> dict[str, Any]:
     }
 
 
-def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
+def add_exec_tools(
+    mcp: MCPServer,
+    kaimon: Kaimon,
+    image_setting: ImagesSetting | None = None,
+    heartbeat: float = 5.0,
+) -> None:
 
-    @mcp.tool()
+    @mcp.tool(annotations=ToolAnnotations(open_world_hint=True))
     async def ex(
-        code: Annotated[str, Field(description="Python code to run in the session's namespace")],
+        code: Annotated[str, Field(description="Python code")],
         ctx: Context,
-        session: Annotated[
-            str | None, Field(description="session key, label or namespace; optional with one")
-        ] = None,
-        quiet: Annotated[bool, Field(description="drop the last expression's value")] = False,
-        max_output: Annotated[
-            int, Field(ge=200, le=200_000, description="characters of output returned at most")
-        ] = 6000,
+        session: Annotated[str | None, Field(description="key, label or namespace")] = None,
+        quiet: Annotated[bool, Field(description="drop the last value")] = False,
+        max_output: Annotated[int, Field(ge=200, le=200_000)] = 6000,
+        images: Literal["inline", "link"] | None = None,
     ) -> CallToolResult:
-        """Run Python code in a live Jupyter kernel shared with the person.
-
-        Returns what the person would see: stdout/stderr, the value of the last expression,
-        errors with traceback, images. Output beyond max_output characters is cut to head and
-        tail. Code running longer than the server's promote_after returns an eval_id; poll
-        it with check_eval."""
+        """Run Python in the kernel shared with the person. Read usage_instructions first."""
         run = await kaimon.execute(code, session=session, max_output=max_output, quiet=quiet)
         execution, target = run.execution, run.session
         promote_after = kaimon.promote_after(target)
         try:
-            sent = 0
-            async for message in kaimon.follow(run, promote_after, max_progress=max_output):
-                sent += 1
-                with contextlib.suppress(Exception):
-                    await ctx.report_progress(sent, None, message)
+            async with Heartbeat(ctx, heartbeat) as beat:
+                follow = kaimon.follow(run, promote_after, max_progress=max_output)
+                async for message in follow:
+                    await beat.report(message)
         except asyncio.CancelledError:
             if not execution.done.is_set():
                 kaimon.track(target, execution)  # the client gave up; the code still runs
@@ -114,7 +118,13 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                     "it runs when the kernel is free]\n"
                 )
             return _promoted(tracked, header, promote_after)
-        content = _result_content(execution, header)
+        content = _result_content(
+            execution,
+            header,
+            block_id=run.block_id,
+            images=image_setting,
+            links=None if images is None else images == "link",
+        )
         notes = []
         if execution.capture.cut:
             notes.append(
@@ -126,12 +136,11 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         content.extend(TextContent(type="text", text=note) for note in notes)
         return CallToolResult(content=content, is_error=execution.status != "ok")
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def check_eval(
-        eval_id: Annotated[str, Field(description="the id an ex reply gave, or a unique prefix")],
+        eval_id: str,
     ) -> CallToolResult:
-        """Status, elapsed time, stash, last progress and output so far of a background job;
-        the full result once it is done."""
+        """A background job's status and output."""
         job = await kaimon.find_job(eval_id)
         view = _job_view(kaimon, job)
         return CallToolResult(
@@ -140,12 +149,11 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             structured_content=view,
         )
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=False, idempotent=True))
     async def cancel_eval(
-        eval_id: Annotated[str, Field(description="the job's id, or a unique prefix")],
+        eval_id: str,
     ) -> CallToolResult:
-        """Cancel a background job: first the cooperative flag (kaimon_kernel.is_cancelled()),
-        then, if the code has not stopped after the grace period, a real kernel interrupt."""
+        """Stop a background job."""
         job = await kaimon.find_job(eval_id)
         tracked = kaimon.evals.get(job.id)
         if tracked is None or tracked.execution.done.is_set():
@@ -158,16 +166,13 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         view = _job_view(kaimon, await kaimon.jobs.get(job.id) or job)
         return text_result(f"job {job.id} cancelled ({how}).\n" + view.pop("text"), structured=view)
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def list_jobs(
-        status: Annotated[
-            Literal["running", "completed", "failed", "cancelled", "lost"] | None,
-            Field(description="only jobs with this status"),
-        ] = None,
+        status: Literal["running", "completed", "failed", "cancelled", "lost"] | None = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 20,
-        stats: Annotated[bool, Field(description="add counts per status and durations")] = False,
+        stats: bool = False,
     ) -> CallToolResult:
-        """Background jobs (evaluations that outlived their ex call), newest first."""
+        """Background jobs (eval_ids)."""
         jobs = await kaimon.jobs.list(status, limit)
         rows = []
         for job in jobs:
@@ -192,13 +197,13 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             lines.append(f"stats: {structured['stats']}")
         return text_result("\n".join(lines), structured=structured)
 
-    @mcp.tool(structured_output=True)
+    @mcp.tool(structured_output=True, annotations=READ_ONLY)
     async def list_sessions() -> CallToolResult:
-        """The kernels shared with agents: key, label, status, pid, cwd, Python version."""
+        """The shared kernels (sessions) and their status."""
         sessions = list(kaimon.registry.sessions.values())
         # a session found a moment ago is still connecting: give it a moment to answer
         await asyncio.gather(*(s.wait_ready(3) for s in sessions))
-        rows = [_session_row(s) for s in sessions]
+        rows = [session_row(s) for s in sessions]
         if not rows:
             text = (
                 "No kernel is served. The person can run `%load_ext kaimon_kernel` then "
@@ -218,10 +223,10 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             )
         return text_result(text, structured={"sessions": rows})
 
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def usage_instructions() -> CallToolResult:
-        """How to work with kaimon sessions: read this first."""
-        return text_result(INSTRUCTIONS)
+        """How to use kaimon: read first."""
+        return text_result(USAGE)
 
 
 def _job_view(kaimon: Kaimon, job: Job) -> dict[str, Any]:

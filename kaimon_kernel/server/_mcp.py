@@ -25,7 +25,7 @@ from mcp.types import Tool as MCPTool
 
 from .. import __version__
 from .._errors import InvalidArgument, KaimonError
-from .._output import Image, fit_image
+from .._output import MAX_IMAGE_B64, Image, fit_image
 from .._protocol import ImageBlock, ToolResult
 from .._settings import Settings, load_settings
 from ._block_tools import add_block_tools
@@ -242,7 +242,7 @@ def _tool_result(result: ToolResult, settings: Settings) -> CallToolResult:
         if not isinstance(b, ImageBlock)
     ]
     images = [
-        Image(b.mime_type, fit_image(b.data, b.mime_type))
+        Image(b.mime_type, fit_image(b.data, b.mime_type, max_b64=MAX_IMAGE_B64))
         for b in result.content
         if isinstance(b, ImageBlock)
     ]

@@ -172,18 +172,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kaimon: installed the 'Python 3 (Kaimon)' kernelspec in {path}")
         return 0
     if args.command == "sessions":
-        from ._paths import sessions_dir
         from ._protocol import SessionInfo
         from .server.providers import pid_alive
+        from .server.providers._local import session_dirs
 
         found = False
-        for path in sorted(sessions_dir().glob("session-*.json")):
+        dirs = session_dirs()
+        for path in sorted(p for d in dirs for p in d.glob("session-*.json")):
             info = SessionInfo.model_validate_json(path.read_text())
             state = "alive" if pid_alive(info.pid) else "dead (stale file)"
             print(f"{info.key}  label={info.label!r}  pid={info.pid} {state}  cwd={info.cwd}")
             found = True
         if not found:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
+        print("(watched: " + ", ".join(map(str, dirs)) + ")")
         return 0
     if args.command == "projects":
         if projects_overridden():

@@ -20,3 +20,14 @@ kaimon connects you to live Jupyter (IPython) kernels that a person shares with 
 - The kernel is shared: do not restart or reassign what the person is using without asking.
   If the person's own cell is running, your code waits for it; you are told so.
 """
+
+
+def watched(providers: list) -> str:
+    """The line saying where served kernels are looked for (list_sessions, usage_instructions)."""
+    dirs = [str(d) for p in providers for d in getattr(p, "directories", ())]
+    if not dirs:
+        return ""
+    return (
+        "\nKernels are found in " + ", ".join(dirs) + " (a kernel served with another "
+        'JUPYTER_RUNTIME_DIR is found once kaimon.json lists that dir in "runtime_dirs").'
+    )

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ._core import JOB_STATUS, Kaimon, TrackedEval
 from ._execution import Execution
-from ._instructions import INSTRUCTIONS
+from ._instructions import INSTRUCTIONS, watched
 from ._jobs import Job
 from ._kernel import KernelSession
 from ._results import text_result
@@ -216,12 +216,13 @@ def add_exec_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 + (f"\n    {r['description']}" if r["description"] else "")
                 for r in rows
             )
+        text += watched(kaimon.registry.providers)
         return text_result(text, structured={"sessions": rows})
 
     @mcp.tool()
     async def usage_instructions() -> CallToolResult:
         """How to work with kaimon sessions: read this first."""
-        return text_result(INSTRUCTIONS)
+        return text_result(INSTRUCTIONS + watched(kaimon.registry.providers))
 
 
 def _job_view(kaimon: Kaimon, job: Job) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def start_in_a_terminal(root: Path, env: dict[str, str]) -> tuple[str, float]:
     os.close(slave)
     err = b""
     try:
-        deadline = started + 300
+        deadline = started + 120  # below the test timeout: a missing line fails clearly
         while WAITING.encode() not in err and time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
             if not ready:

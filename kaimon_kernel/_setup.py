@@ -45,7 +45,13 @@ __all__ = [
 
 Scope = Literal["user", "project"]
 # The Jupyter locations a server must share with the person's kernels.
-JUPYTER_VARS = ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_PATH")
+JUPYTER_VARS = (
+    "JUPYTER_RUNTIME_DIR",
+    "JUPYTER_DATA_DIR",
+    "JUPYTER_CONFIG_DIR",
+    "JUPYTER_PATH",
+    "JUPYTER_PLATFORM_DIRS",  # moves the default dirs
+)
 CLI_TIMEOUT = 60.0
 
 

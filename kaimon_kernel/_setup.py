@@ -101,12 +101,11 @@ def _vscode_user_dir() -> Path:
 
 
 def _opencode_file(folder: Path) -> Path:
+    """opencode.json, unless only opencode.jsonc is there."""
     jsonc = folder / "opencode.jsonc"
-    return (
-        jsonc
-        if jsonc.exists() and not (folder / "opencode.json").exists()
-        else (folder / "opencode.json")
-    )
+    if jsonc.exists() and not (folder / "opencode.json").exists():
+        return jsonc
+    return folder / "opencode.json"
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         description="directories where agents may start kernels (absolute paths; in the "
         f"environment, separated by {os.pathsep!r})",
     )
+    runtime_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="more Jupyter runtime dirs to find served kernels in, beside this "
+        "server's own (for kernels started with another JUPYTER_RUNTIME_DIR; absolute paths; "
+        f"in the environment, separated by {os.pathsep!r})",
+    )
     http: bool = Field(False, description="serve streamable HTTP instead of stdio")
     host: str = Field("127.0.0.1", min_length=1, description="HTTP bind address")
     port: int = Field(2828, ge=1, le=65535, description="HTTP port")
@@ -211,14 +217,14 @@ class Settings(BaseSettings):
     def _seconds(cls, value: float) -> float:
         return _finite(value)
 
-    @field_validator("projects", mode="before")
+    @field_validator("projects", "runtime_dirs", mode="before")
     @classmethod
     def _split_projects(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment
             return [p for p in value.split(os.pathsep) if p.strip()]
         return value
 
-    @field_validator("projects")
+    @field_validator("projects", "runtime_dirs")
     @classmethod
     def _absolute_projects(cls, value: list[Path]) -> list[Path]:
         out = []

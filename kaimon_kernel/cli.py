@@ -1,4 +1,5 @@
-"""The ``kaimon`` command: ``serve``, ``token``, ``kernelspec install``, ``sessions``."""
+"""The ``kaimon`` command: ``serve``, ``token``, ``kernelspec install``, ``sessions``,
+``setup``."""
 
 from __future__ import annotations
 
@@ -93,7 +94,41 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("path")
     pd = psub.add_parser("remove", help="disallow a directory")
     pd.add_argument("path")
+    _setup_parser(sub)
     return p
+
+
+def _setup_parser(sub: argparse._SubParsersAction) -> None:
+    from ._setup import CLIENTS
+
+    names = ", ".join(CLIENTS)
+    su = sub.add_parser(
+        "setup",
+        help="add kaimon to an agent client's MCP servers",
+        description=f"Add kaimon to a client's MCP configuration ({names}): stdio by "
+        "default, running this install's kaimon by absolute path with your JUPYTER_* dirs; "
+        "the client's own CLI writes it where it has one and it is installed, else its config "
+        "file is merged. Running it twice changes nothing.",
+    )
+    su.add_argument("client", nargs="?", help=f"one of: {names}")
+    su.add_argument("--http", action="store_true", help="use the shared HTTP server (URL + token)")
+    su.add_argument(
+        "--scope",
+        choices=("user", "project"),
+        default="user",
+        help="user: every project (default); project: this directory's config",
+    )
+    su.add_argument("--name", default="kaimon", help="the server's name (default kaimon)")
+    su.add_argument("--dry-run", action="store_true", help="print what it would write")
+    su.add_argument(
+        "--no-cli", action="store_true", help="write the file, not via the client's CLI"
+    )
+    su.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also add a kaimon section to this project's AGENTS.md / CLAUDE.md / GEMINI.md",
+    )
+    su.add_argument("--list", action="store_true", help="list the clients kaimon is set up in")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,18 +172,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kaimon: installed the 'Python 3 (Kaimon)' kernelspec in {path}")
         return 0
     if args.command == "sessions":
-        from ._paths import sessions_dir
         from ._protocol import SessionInfo
         from .server.providers import pid_alive
+        from .server.providers._local import session_dirs
 
         found = False
-        for path in sorted(sessions_dir().glob("session-*.json")):
+        dirs = session_dirs()
+        for path in sorted(p for d in dirs for p in d.glob("session-*.json")):
             info = SessionInfo.model_validate_json(path.read_text())
             state = "alive" if pid_alive(info.pid) else "dead (stale file)"
             print(f"{info.key}  label={info.label!r}  pid={info.pid} {state}  cwd={info.cwd}")
             found = True
         if not found:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
+        print("(watched: " + ", ".join(map(str, dirs)) + ")")
         return 0
     if args.command == "projects":
         if projects_overridden():
@@ -170,7 +207,32 @@ def _run(args: argparse.Namespace) -> int:
                 f"directory or above it; stored in {config_file()})"
             )
         return 0
+    if args.command == "setup":
+        return _setup(args)
     raise AssertionError(args.command)
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from ._setup import CLIENTS, configured, find_client, setup_client, write_instructions
+
+    if args.list:
+        lines = configured(args.name)
+        print("\n".join(lines) if lines else f"kaimon: {args.name!r} is set up in no client")
+        return 0
+    if not args.client:
+        raise KaimonError(f"name a client: kaimon setup {{{','.join(CLIENTS)}}} (or --list)")
+    result = setup_client(
+        args.client,
+        scope=args.scope,
+        http=args.http,
+        server_name=args.name,
+        dry_run=args.dry_run,
+        use_cli=not args.no_cli,
+    )
+    print(f"kaimon: {result.message}")
+    if args.instructions:
+        print(f"kaimon: {write_instructions(find_client(args.client), dry_run=args.dry_run)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -99,3 +99,14 @@ def add_prompts(mcp: MCPServer) -> None:
     @mcp.prompt(name="gate-tools", description="What gate tools are and how to write one")
     def gate_tools() -> str:
         return GATE_TOOLS
+
+
+def watched(providers: list) -> str:
+    """The line saying where served kernels are looked for (list_sessions, usage_instructions)."""
+    dirs = [str(d) for p in providers for d in getattr(p, "directories", ())]
+    if not dirs:
+        return ""
+    return (
+        "\nKernels are found in " + ", ".join(dirs) + " (a kernel served with another "
+        'JUPYTER_RUNTIME_DIR is found once kaimon.json lists that dir in "runtime_dirs").'
+    )

@@ -15,7 +15,7 @@ from .._settings import ImagesSetting
 from ._core import JOB_STATUS, Kaimon, TrackedEval
 from ._execution import Execution
 from ._heartbeat import Heartbeat
-from ._instructions import USAGE
+from ._instructions import USAGE, watched
 from ._jobs import Job
 from ._kernel import KernelSession
 from ._results import image_content, text_result
@@ -221,12 +221,13 @@ def add_exec_tools(
                 + (f"\n    {r['description']}" if r["description"] else "")
                 for r in rows
             )
+        text += watched(kaimon.registry.providers)
         return text_result(text, structured={"sessions": rows})
 
     @mcp.tool(annotations=READ_ONLY)
     async def usage_instructions() -> CallToolResult:
         """How to use kaimon: read first."""
-        return text_result(USAGE)
+        return text_result(USAGE + watched(kaimon.registry.providers))
 
 
 def _job_view(kaimon: Kaimon, job: Job) -> dict[str, Any]:

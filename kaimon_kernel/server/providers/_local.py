@@ -32,11 +32,11 @@ from pydantic import ValidationError
 from ..._errors import KaimonError
 from ..._paths import resume_file_for, sessions_dir, write_private
 from ..._protocol import ProcessIdentity, SessionInfo
-from ..._settings import LaunchSettings
+from ..._settings import LaunchSettings, load_settings
 from .._transport import ZmqTransport
 from ._base import LaunchRequest
 
-__all__ = ["LocalProvider", "ProcessIdentity", "pid_alive", "reap_orphans"]
+__all__ = ["LocalProvider", "ProcessIdentity", "pid_alive", "reap_orphans", "session_dirs"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,27 @@ def _read_session_file(path: Path) -> SessionInfo | None:
         return None
 
 
+def session_dirs(runtime_dirs: list[Path] | None = None) -> list[Path]:
+    """Where served kernels announce themselves: this process's runtime dir first, then the
+    ``kaimon`` folder of each extra runtime dir (default: ``runtime_dirs`` from the settings).
+
+    Clients that start the server without the person's ``JUPYTER_*`` variables (Codex, MCP
+    Inspector 2.x) would otherwise miss kernels started with a non-default runtime dir.
+    """
+    extra = load_settings().runtime_dirs if runtime_dirs is None else runtime_dirs
+    found = [sessions_dir()]
+    for root in extra:
+        path = Path(root) / "kaimon"
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            logger.warning("not watching %s for kernels: %s", path, err.strerror or err)
+            continue
+        if all(not path.samefile(seen) for seen in found):
+            found.append(path)
+    return found
+
+
 class _KaimonKernelManager(AsyncKernelManager):
     """An AsyncKernelManager whose kernelspec is built here (the chosen Python, the gate)."""
 
@@ -98,8 +119,15 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, directory: Path | None = None, python: str | None = None) -> None:
-        self.directory = directory or sessions_dir()
+    def __init__(
+        self,
+        directory: Path | None = None,
+        python: str | None = None,
+        runtime_dirs: list[Path] | None = None,
+    ) -> None:
+        self.directory = directory or sessions_dir()  # where the kernels it starts announce
+        # Watched for served kernels: the runtime dir, and kaimon.json's runtime_dirs.
+        self.directories = [self.directory] if directory is not None else session_dirs(runtime_dirs)
         self.python = python or sys.executable
         self.owned: dict[str, _Owned] = {}
         self._identities: dict[tuple[str, int], ProcessIdentity | None] = {}
@@ -109,25 +137,26 @@ class LocalProvider:
     # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> dict[str, SessionInfo]:
-        for marker in self.directory.glob("resume-*.json"):
-            info = _read_session_file(marker)
-            if info is None or not Path(info.connection_file).exists():
-                marker.unlink(missing_ok=True)  # its kernel is gone for good
         found: dict[str, SessionInfo] = {}
-        for path in sorted(self.directory.glob("session-*.json")):
-            info = _read_session_file(path)
-            if info is None:
-                continue
-            if not self.alive(info):
-                logger.info("removing stale session file %s (pid %s is gone)", path, info.pid)
-                path.unlink(missing_ok=True)
-                continue
-            found[info.key] = info
+        for directory in self.directories:
+            for marker in directory.glob("resume-*.json"):
+                info = _read_session_file(marker)
+                if info is None or not Path(info.connection_file).exists():
+                    marker.unlink(missing_ok=True)  # its kernel is gone for good
+            for path in sorted(directory.glob("session-*.json")):
+                info = _read_session_file(path)
+                if info is None or info.key in found:
+                    continue
+                if not self.alive(info):
+                    logger.info("removing stale session file %s (pid %s is gone)", path, info.pid)
+                    path.unlink(missing_ok=True)
+                    continue
+                found[info.key] = info
         return found
 
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
         # step: how often the watcher thread looks for events (a wake-up each time when idle)
-        async for _ in watchfiles.awatch(self.directory, debounce=50, step=250, recursive=False):
+        async for _ in watchfiles.awatch(*self.directories, debounce=50, step=250, recursive=False):
             await changed()
 
     def connect(self, info: SessionInfo) -> ZmqTransport:

@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import watchfiles
+import zmq
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from pydantic import ValidationError
@@ -32,7 +33,8 @@ from pydantic import ValidationError
 from ..._errors import KaimonError
 from ..._paths import resume_file_for, sessions_dir, write_private
 from ..._protocol import ProcessIdentity, SessionInfo
-from ..._settings import LaunchSettings
+from ..._settings import LaunchSettings, load_settings
+from .._launcher import kernel_prefix, supports_curve
 from .._transport import ZmqTransport
 from ._base import LaunchRequest
 
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 GATE_EXTENSION = "--ext=kaimon_kernel"
 ALIVE_REUSE = 0.5  # seconds a "the kernel runs" answer is reused on the hot path
+IPC_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 
 
 def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
@@ -87,6 +90,22 @@ class _Owned:
     request: LaunchRequest
     log_file: Path
     log: Any  # kept open: a restart launches again with the same streams
+
+
+def _endpoints(runtime: Path, key: str, *, sandboxed: bool) -> dict[str, str]:
+    """Where a kernel listens: loopback TCP, or under a launcher (which may give the kernel a
+    network of its own, as bwrap --unshare-net does) ipc sockets in the runtime dir."""
+    if not sandboxed:
+        return {"transport": "tcp", "ip": "127.0.0.1"}
+    if sys.platform == "win32":
+        raise KaimonError("kernel_launcher needs ipc sockets, which Windows lacks")
+    ip = str(runtime / f"kaimon-ipc-{key}")
+    if len(ip.encode()) + 7 > IPC_PATH_MAX:  # "-<port>" follows
+        raise KaimonError(
+            f"the runtime dir {runtime} is too long a path for the kernel's ipc sockets "
+            f"({IPC_PATH_MAX} bytes at most); set JUPYTER_RUNTIME_DIR to a shorter one"
+        )
+    return {"transport": "ipc", "ip": ip}
 
 
 def _owner_file(key: str) -> Path:
@@ -181,15 +200,32 @@ class LocalProvider:
             autoserve=True, started_by="agent", session_key=key, label=request.label
         )
         env.update(launch.to_env())
+        runtime = self.directory.parent
+        # read afresh, like the allowed projects: a launcher the person sets applies at once
+        prefix = kernel_prefix(
+            load_settings().kernel_launcher, project=request.cwd, runtime_dir=str(runtime)
+        )
+        # CurveZMQ keys in the connection file, where this ipykernel reads them
+        encrypt = zmq.has("curve") and await supports_curve(python)
         manager = _KaimonKernelManager(
-            connection_file=str(self.directory.parent / f"kernel-kaimon-{key}.json"),
-            ip="127.0.0.1",
+            connection_file=str(runtime / f"kernel-kaimon-{key}.json"),
+            transport_encryption="required" if encrypt else "disabled",
+            **_endpoints(runtime, key, sandboxed=bool(prefix)),
         )
         manager.spec = KernelSpec(
-            argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}", GATE_EXTENSION],
+            argv=[
+                *prefix,
+                python,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                GATE_EXTENSION,
+            ],
             display_name="Python 3 (Kaimon)",
             language="python",
             interrupt_mode="signal",
+            metadata={"supported_encryption": ["curve"]} if encrypt else {},
         )
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.chmod(log_file, 0o600)

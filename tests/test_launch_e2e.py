@@ -1,0 +1,265 @@
+"""How kernels are reached and started: CurveZMQ-encrypted channels, a sandboxing launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from conftest import DEADLINE, PersonKernel, sessions_dir, stdio_client, text_of
+from jupyter_client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+from kaimon_kernel._errors import KaimonError
+from kaimon_kernel._settings import SettingsError, load_settings
+from kaimon_kernel.server._launcher import kernel_prefix
+
+pytestmark = pytest.mark.anyio
+
+UNENCRYPTED_WARNING = "running over TCP without encryption"
+DEAF_FOR = 3.0  # seconds a client without the keys listens for anything
+
+
+class CurvePerson(PersonKernel):
+    """The person's kernel, started by a kernel manager that gave it CurveZMQ keys."""
+
+    def __init__(self) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.curve_publickey, self.km.curve_secretkey = zmq.curve_keypair()
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=DEADLINE)
+        self.key = None
+
+
+def connection_info(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def assert_deaf(info: dict[str, Any]) -> None:
+    """A client given everything but the CurveZMQ keys gets no reply and no iopub message."""
+    assert info.get("curve_publickey") and info.get("curve_secretkey"), info.keys()
+    stripped = {k: v for k, v in info.items() if not k.startswith("curve_")}
+    client = BlockingKernelClient()
+    client.load_connection_info(stripped)
+    # and a bare SUB socket on iopub, below jupyter_client
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"{info['transport']}://{info['ip']}:{info['iopub_port']}")
+    client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+    try:
+        client.kernel_info()
+        client.execute("print('heard')")
+        client.control_channel.send(client.session.msg("kernel_info_request"))
+        deadline = time.monotonic() + DEAF_FOR
+        heard: list[str] = []
+        while time.monotonic() < deadline:
+            for get in (client.get_shell_msg, client.get_iopub_msg, client.get_control_msg):
+                try:
+                    heard.append(get(timeout=0.1)["msg_type"])
+                except queue.Empty:
+                    pass
+            if sub.poll(100):
+                heard.append(repr(sub.recv_multipart()[:2]))
+        assert heard == [], f"a client without the keys heard {heard}"
+    finally:
+        client.stop_channels()
+        sub.close()
+
+
+def _runtime_dir() -> Path:
+    return Path(os.environ["JUPYTER_RUNTIME_DIR"])
+
+
+# -- CurveZMQ ----------------------------------------------------------------------------------
+
+
+async def test_kernels_kaimon_starts_are_encrypted_and_deaf_to_clients_without_the_keys(
+    tmp_path: Path,
+) -> None:
+    async with stdio_client(cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": str(tmp_path)})
+        assert not started.is_error, text_of(started)
+        key = started.structured_content["key"]
+        answer = await client.call_tool("ex", {"code": "1+1", "session": key})
+        assert text_of(answer).strip() == "2"
+        connection = _runtime_dir() / f"kernel-kaimon-{key}.json"
+        info = connection_info(connection)
+        assert stat.S_IMODE(connection.stat().st_mode) == 0o600
+        assert_deaf(info)
+        # the agent's client still works after the stranger's attempts
+        again = await client.call_tool("ex", {"code": "print('still')", "session": key})
+        assert text_of(again).strip() == "still"
+        log = (sessions_dir() / f"kernel-{key}.log").read_text()
+    assert UNENCRYPTED_WARNING not in log, log
+
+
+async def test_a_restarted_kernel_keeps_its_keys_and_answers_the_agent(tmp_path: Path) -> None:
+    async with stdio_client(cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": str(tmp_path)})
+        key = started.structured_content["key"]
+        before = connection_info(_runtime_dir() / f"kernel-kaimon-{key}.json")
+        restarted = await client.call_tool("manage_repl", {"command": "restart", "session": key})
+        assert not restarted.is_error, text_of(restarted)
+        answer = await client.call_tool("ex", {"code": "2+2", "session": key})
+        after = connection_info(_runtime_dir() / f"kernel-kaimon-{key}.json")
+    assert text_of(answer).strip() == "4"
+    assert after["curve_publickey"] == before["curve_publickey"]
+
+
+async def test_a_persons_kernel_with_curve_keys_is_reached_encrypted() -> None:
+    person = CurvePerson()
+    try:
+        key = person.serve("--label curvy")
+        info = connection_info(person.km.connection_file)
+        assert info["curve_publickey"]
+        async with stdio_client() as client:
+            answer = await client.call_tool("ex", {"code": "6*7", "session": key})
+            assert text_of(answer).strip() == "42"
+            assert_deaf(info)
+        # the person's own (keyed) client was never disturbed
+        status, out = person.run("print('mine')")
+        assert (status, out) == ("ok", "mine\n")
+    finally:
+        person.shutdown()
+
+
+# -- the launcher prefix ------------------------------------------------------------------------
+
+
+def test_a_launcher_is_filled_in_with_the_project_and_runtime_dir() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (.ci/run installs it)")
+    prefix = kernel_prefix(
+        ["bwrap", "--bind", "{project}", "{project}", "--bind", "{runtime_dir}", "{runtime_dir}"],
+        project="/p",
+        runtime_dir="/r",
+    )
+    assert prefix == ["bwrap", "--bind", "/p", "/p", "--bind", "/r", "/r"]
+    assert kernel_prefix([], project="/p", runtime_dir="/r") == []
+
+
+@pytest.mark.parametrize(
+    ("launcher", "said"),
+    [
+        (["no-such-launcher-xyz"], "'no-such-launcher-xyz' is not an executable found on PATH"),
+        (["bwrap", "--unshare-all"], "--unshare-all gives the kernel a pid of its own"),
+        (["bwrap", "--unshare-pid"], "--unshare-pid gives the kernel a pid of its own"),
+    ],
+)
+def test_a_launcher_that_cannot_work_is_refused_saying_why(launcher: list[str], said: str) -> None:
+    if launcher[0] == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (.ci/run installs it)")
+    with pytest.raises(KaimonError, match="kernel_launcher") as err:
+        kernel_prefix(launcher, project="/p", runtime_dir="/r")
+    assert said in str(err.value)
+
+
+def test_the_launcher_setting_comes_from_kaimon_json_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kaimon.json"
+    config.write_text(json.dumps({"kernel_launcher": ["bwrap", "--unshare-net"]}))
+    assert load_settings(config_path=config).kernel_launcher == ["bwrap", "--unshare-net"]
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", '["firejail", "--net=none"]')
+    assert load_settings(config_path=config).kernel_launcher == ["firejail", "--net=none"]
+    config.write_text(json.dumps({"kernel_launcher": ["bwrap", ""]}))
+    monkeypatch.delenv("KAIMON_KERNEL_LAUNCHER")
+    with pytest.raises(SettingsError, match=r"'kernel_launcher' in .*non-empty string"):
+        load_settings(config_path=config)
+
+
+def _bwrap_unusable() -> str | None:
+    """Why bubblewrap cannot sandbox here, or None when it can."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed (.ci/run installs Debian's bubblewrap)"
+    probe = subprocess.run(
+        ["bwrap", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+SANDBOX = [
+    "bwrap",
+    "--unshare-net",
+    "--die-with-parent",
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--bind",
+    "{runtime_dir}",
+    "{runtime_dir}",
+    "--bind",
+    "{project}",
+    "{project}",
+]
+
+
+async def test_a_sandboxed_kernel_has_no_network_and_writes_only_its_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = _bwrap_unusable()
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(SANDBOX))
+    project = tmp_path / "project"
+    project.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # reachable from outside the sandbox
+    probe = f"""
+import socket
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("127.0.0.1", {port}))
+    print("network: connected")
+except OSError as err:
+    print("network: refused", type(err).__name__)
+open("written.txt", "w").write("from the sandbox")
+try:
+    open({str(outside / "escaped.txt")!r}, "w").write("x")
+    print("outside: written")
+except OSError as err:
+    print("outside: refused", err.strerror)
+"""
+    try:
+        async with stdio_client(cwd=tmp_path) as client:
+            started = await client.call_tool("start_session", {"project_path": str(project)})
+            assert not started.is_error, text_of(started)
+            key = started.structured_content["key"]
+            ran = await client.call_tool("ex", {"code": probe, "session": key})
+            out = text_of(ran)
+            info = connection_info(_runtime_dir() / f"kernel-kaimon-{key}.json")
+            answer = await client.call_tool("ex", {"code": "1+1", "session": key})
+    finally:
+        listener.close()
+    assert "network: refused" in out, out
+    assert "outside: refused Read-only file system" in out, out
+    assert (project / "written.txt").read_text() == "from the sandbox"
+    assert not (outside / "escaped.txt").exists()
+    assert info["transport"] == "ipc" and info["curve_publickey"]
+    assert text_of(answer).strip() == "2"

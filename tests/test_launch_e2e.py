@@ -247,13 +247,24 @@ except OSError as err:
     print("outside: refused", err.strerror)
 """
     try:
-        async with stdio_client(cwd=tmp_path) as client:
+        async with stdio_client("--promote-after", "2", cwd=tmp_path) as client:
             started = await client.call_tool("start_session", {"project_path": str(project)})
             assert not started.is_error, text_of(started)
             key = started.structured_content["key"]
             ran = await client.call_tool("ex", {"code": probe, "session": key})
             out = text_of(ran)
             info = connection_info(_runtime_dir() / f"kernel-kaimon-{key}.json")
+            # signals reach the kernel through the launcher: interrupt, then restart
+            slow = await client.call_tool("ex", {"code": "import time; time.sleep(120)"})
+            eval_id = slow.structured_content["eval_id"]
+            await client.call_tool("manage_repl", {"command": "interrupt", "session": key})
+            deadline = time.monotonic() + DEADLINE
+            while (job := await client.call_tool("check_eval", {"eval_id": eval_id})) and (
+                job.structured_content["status"] == "running"
+            ):
+                assert time.monotonic() < deadline, "the interrupt did not stop the code"
+            restarted = await client.call_tool("manage_repl", {"command": "restart"})
+            assert not restarted.is_error, text_of(restarted)
             answer = await client.call_tool("ex", {"code": "1+1", "session": key})
     finally:
         listener.close()
@@ -262,4 +273,5 @@ except OSError as err:
     assert (project / "written.txt").read_text() == "from the sandbox"
     assert not (outside / "escaped.txt").exists()
     assert info["transport"] == "ipc" and info["curve_publickey"]
+    assert "KeyboardInterrupt" in text_of(job), text_of(job)
     assert text_of(answer).strip() == "2"

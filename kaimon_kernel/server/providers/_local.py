@@ -224,7 +224,9 @@ class LocalProvider:
             ],
             display_name="Python 3 (Kaimon)",
             language="python",
-            interrupt_mode="signal",
+            # a SIGINT to the process group would also end the launcher (bwrap dies of it);
+            # an interrupt_request makes the kernel signal itself
+            interrupt_mode="message" if prefix else "signal",
             metadata={"supported_encryption": ["curve"]} if encrypt else {},
         )
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

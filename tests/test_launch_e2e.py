@@ -275,3 +275,47 @@ except OSError as err:
     assert info["transport"] == "ipc" and info["curve_publickey"]
     assert "KeyboardInterrupt" in text_of(job), text_of(job)
     assert text_of(answer).strip() == "2"
+
+
+async def test_a_sandboxed_kernel_of_a_crashed_server_is_stopped_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = _bwrap_unusable()
+    if why:
+        pytest.skip(why)
+    import httpx2
+    from conftest import HttpServer, wait_until
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from kaimon_kernel.server.providers import pid_alive
+
+    # without --die-with-parent: the kernel outlives a killed bwrap unless kaimon stops it
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(SANDBOX[:2] + SANDBOX[3:]))
+    env = {"KAIMON_TOKEN": "sandbox-orphan-token-0123456789", "KAIMON_PROJECTS": str(tmp_path)}
+    first = HttpServer(env=env)
+    try:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {env['KAIMON_TOKEN']}"}) as http,
+            Client(streamable_http_client(first.url, http_client=http)) as client,
+        ):
+            started = await client.call_tool("start_session", {"project_path": str(tmp_path)})
+            assert not started.is_error, text_of(started)
+            pid = await client.call_tool("ex", {"code": "import os; os.getpid()"})
+            kernel_pid = int(text_of(pid).strip().splitlines()[-1])
+            key = started.structured_content["key"]
+            info = connection_info(_runtime_dir() / f"kernel-kaimon-{key}.json")
+    finally:
+        first.proc.kill()  # a crash: no clean shutdown of its kernels
+        first.proc.wait()
+    assert pid_alive(kernel_pid)
+    second = HttpServer(env=env)
+    try:
+        wait_until(lambda: not pid_alive(kernel_pid), 30, "the sandboxed orphan to be stopped")
+        wait_until(
+            lambda: not Path(f"{info['ip']}-{info['shell_port']}").exists(),
+            30,
+            "its ipc socket files to be removed",
+        )
+    finally:
+        second.stop()

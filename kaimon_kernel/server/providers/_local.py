@@ -275,6 +275,8 @@ class LocalProvider:
                     "server": self._me.model_dump() if self._me else None,
                     "kernel": kernel.model_dump() if kernel else None,
                     "connection_file": owned.manager.connection_file,
+                    # the recorded process is the launcher (bwrap): the kernel is its child
+                    "launcher": owned.manager.transport == "ipc",
                 }
             ),
         )
@@ -351,17 +353,35 @@ def reap_orphans(directory: Path | None = None) -> list[int]:
         if proc is not None:
             logger.warning("stopping kernel pid %s: the server that started it is gone", proc.pid)
             with contextlib.suppress(psutil.Error):
-                proc.kill()
-                proc.wait(3)
+                # under a launcher the kernel is a child, which may outlive its parent
+                family = proc.children(recursive=True) if record.get("launcher") else []
+                for member in [proc, *family]:
+                    with contextlib.suppress(psutil.Error):
+                        member.kill()
+                psutil.wait_procs([proc, *family], timeout=3)
             stopped.append(proc.pid)
         connection_file = record.get("connection_file")
         if isinstance(connection_file, str):
+            _remove_ipc_sockets(connection_file)
             with contextlib.suppress(OSError):
                 os.unlink(connection_file)
         key = path.stem.removeprefix("owned-")
         (directory / f"session-{key}.json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     return stopped
+
+
+def _remove_ipc_sockets(connection_file: str) -> None:
+    """The socket files of an ipc kernel (``<ip>-<port>``), which outlive a killed kernel."""
+    try:
+        info = json.loads(Path(connection_file).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict) or info.get("transport") != "ipc":
+        return
+    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+        with contextlib.suppress(OSError, TypeError):
+            os.unlink(f"{info['ip']}-{info[channel + '_port']}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

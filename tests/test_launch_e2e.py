@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import queue
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import zmq
-from conftest import DEADLINE, PersonKernel, sessions_dir, stdio_client, text_of
+from conftest import DEADLINE, PersonKernel, sessions_dir, stdio_client, text_of, wait_until
 from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from kaimon_kernel._errors import KaimonError
+from kaimon_kernel._protocol import ProcessIdentity, SessionInfo
 from kaimon_kernel._settings import SettingsError, load_settings
 from kaimon_kernel.server._launcher import kernel_prefix
+from kaimon_kernel.server.providers import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -32,10 +39,10 @@ DEAF_FOR = 3.0  # seconds a client without the keys listens for anything
 class CurvePerson(PersonKernel):
     """The person's kernel, started by a kernel manager that gave it CurveZMQ keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.km = KernelManager(kernel_name="python3")
         self.km.curve_publickey, self.km.curve_secretkey = zmq.curve_keypair()
-        self.km.start_kernel()
+        self.km.start_kernel(env={**os.environ, **(env or {})})
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=DEADLINE)
@@ -284,7 +291,7 @@ async def test_a_sandboxed_kernel_of_a_crashed_server_is_stopped_by_the_next_one
     if why:
         pytest.skip(why)
     import httpx2
-    from conftest import HttpServer, wait_until
+    from conftest import HttpServer
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
@@ -319,3 +326,172 @@ async def test_a_sandboxed_kernel_of_a_crashed_server_is_stopped_by_the_next_one
         )
     finally:
         second.stop()
+
+
+# -- SSH ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A throwaway sshd on loopback (its own host key, authorized_keys and config), and the
+    ``ssh`` command configured for it under the alias it returns: ``ssh`` on PATH is the real
+    one with ``-F`` the test's client config (what ~/.ssh/config would hold)."""
+    sshd_bin, ssh_bin = Path("/usr/sbin/sshd"), shutil.which("ssh")
+    if not sshd_bin.exists() or ssh_bin is None:
+        pytest.skip("openssh-server / openssh-client are not installed (.ci/run installs them)")
+    d = tmp_path / "ssh"
+    d.mkdir(mode=0o700)
+    for name in ("host", "id"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+            check=True,
+            timeout=30,
+        )
+    (d / "authorized_keys").write_text((d / "id.pub").read_text())
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    (d / "sshd_config").write_text(
+        f"Port {number}\nListenAddress 127.0.0.1\nHostKey {d}/host\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\n"
+        "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel VERBOSE\n"
+    )
+    user = pwd.getpwuid(os.getuid()).pw_name
+    (d / "ssh_config").write_text(
+        f"Host kaimon-test\n  HostName 127.0.0.1\n  Port {number}\n  User {user}\n"
+        f"  IdentityFile {d}/id\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
+        "  StrictHostKeyChecking yes\n  BatchMode yes\n"
+    )
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{number} {(d / 'host.pub').read_text()}")
+    bin_dir = d / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec {ssh_bin} -F {d}/ssh_config "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    log = d / "sshd.log"
+    proc = subprocess.Popen(
+        [str(sshd_bin), "-D", "-e", "-f", str(d / "sshd_config")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"sshd exited: {log.read_text()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", number)) == 0
+
+    try:
+        wait_until(listening, what="sshd to listen")
+        yield "kaimon-test"
+    finally:
+        # the tunnels (ssh -f ... sleep 60) that the server opened through this sshd
+        for p in psutil.process_iter(["cmdline"]):
+            if "kaimon-test" in (p.info["cmdline"] or []) and p.pid != os.getpid():
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        proc.terminate()
+        proc.wait(10)
+
+
+def ssh_cat(alias: str, path: str) -> str:
+    done = subprocess.run(["ssh", alias, "cat", path], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_a_kernel_elsewhere_is_reached_through_its_connection_file_over_ssh(
+    sshd: str, tmp_path: Path
+) -> None:
+    # "elsewhere": a kernel whose session files live in a runtime dir this server does not see
+    elsewhere = tmp_path / "remote-runtime"
+    person = CurvePerson(env={"JUPYTER_RUNTIME_DIR": str(elsewhere)})
+    try:
+        key = person.serve("--label far")
+        assert not (sessions_dir() / f"session-{key}.json").exists()
+        # as the README says: copy both files over ssh, name the ssh server in the copy
+        session = json.loads(ssh_cat(sshd, str(elsewhere / "kaimon" / f"session-{key}.json")))
+        connection = json.loads(ssh_cat(sshd, session["connection_file"]))
+        local = _runtime_dir() / f"kernel-ssh-{key}.json"
+        local.write_text(json.dumps({**connection, "ssh": sshd}))
+        local.chmod(0o600)
+        session["connection_file"] = str(local)
+        sessions_dir().mkdir(parents=True, exist_ok=True)
+        (sessions_dir() / f"session-{key}.json").write_text(json.dumps(session))
+        async with stdio_client() as client:
+            listed = await client.call_tool("list_sessions", {})
+            answer = await client.call_tool("ex", {"code": "6*7", "session": key})
+            tunnels = [
+                " ".join(p.info["cmdline"] or [])
+                for p in psutil.process_iter(["cmdline"])
+                if sshd in (p.info["cmdline"] or []) and "-L" in (p.info["cmdline"] or [])
+            ]
+        assert key in text_of(listed)
+        assert text_of(answer).strip() == "42"
+        # the server reached the kernel's ports only through ssh's forwards
+        for channel in ("shell", "iopub", "control"):
+            assert any(f"127.0.0.1:{connection[channel + '_port']}" in t for t in tunnels), tunnels
+    finally:
+        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        person.shutdown()
+
+
+async def test_an_ssh_server_that_refuses_the_key_is_a_clear_error(
+    sshd: str, tmp_path: Path
+) -> None:
+    person = CurvePerson(env={"JUPYTER_RUNTIME_DIR": str(tmp_path / "remote-runtime")})
+    try:
+        key = person.serve("--label far")
+        session = json.loads(
+            (tmp_path / "remote-runtime" / "kaimon" / f"session-{key}.json").read_text()
+        )
+        local = _runtime_dir() / f"kernel-ssh-{key}.json"
+        connection = connection_info(session["connection_file"])
+        local.write_text(json.dumps({**connection, "ssh": "nobody-here@kaimon-test"}))
+        session["connection_file"] = str(local)
+        sessions_dir().mkdir(parents=True, exist_ok=True)
+        (sessions_dir() / f"session-{key}.json").write_text(json.dumps(session))
+        async with stdio_client() as client:
+            answer = await client.call_tool("ex", {"code": "1", "session": key})
+        assert answer.is_error
+        assert "cannot reach the kernel of" in text_of(answer), text_of(answer)
+        assert "over SSH via nobody-here@kaimon-test: ssh exited" in text_of(answer)
+        assert "Permission denied" in text_of(answer)
+    finally:
+        (sessions_dir() / f"session-{key}.json").unlink(missing_ok=True)
+        person.shutdown()
+
+
+async def test_a_session_of_another_machine_never_has_a_local_process_signalled(
+    tmp_path: Path,
+) -> None:
+    # a copied session file names a pid of the machine it came from: here that pid is a stranger
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL
+    )
+    try:
+        created = psutil.Process(stranger.pid).create_time()
+        info = SessionInfo(
+            session_id="far",
+            key="far00001",
+            pid=stranger.pid,
+            connection_file=str(tmp_path / "kernel.json"),
+            namespace="far",
+            label="far",
+            cwd="/",
+            python_version="3",
+            started_at=time.time(),
+            kernel=ProcessIdentity(pid=stranger.pid, create_time=created, host="another-machine"),
+        )
+        provider = LocalProvider(directory=tmp_path)
+        assert provider.alive(info)  # no telling from here
+        assert await provider.interrupt_signal(info) is False
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

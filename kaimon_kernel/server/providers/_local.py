@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,12 +46,16 @@ logger = logging.getLogger(__name__)
 
 GATE_EXTENSION = "--ext=kaimon_kernel"
 ALIVE_REUSE = 0.5  # seconds a "the kernel runs" answer is reused on the hot path
+SSH_TIMEOUT = 20.0  # seconds to open the tunnels to a kernel on another machine
 IPC_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 
 
 def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
-    """The live process ``identity`` names, or None when it is gone or another one now."""
+    """The live process ``identity`` names, or None when it is gone or another one now (or
+    on another machine: the same pid here is a stranger)."""
     if identity is None or identity.create_time is None or not identity.alive():
+        return None
+    if identity.host and identity.host != socket.gethostname():
         return None
     try:
         return psutil.Process(identity.pid)
@@ -108,6 +114,70 @@ def _endpoints(runtime: Path, key: str, *, sandboxed: bool) -> dict[str, str]:
     return {"transport": "ipc", "ip": ip}
 
 
+_CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
+
+
+class _TunneledTransport(ZmqTransport):
+    """A kernel's channels through the SSH process that forwards them (stopped with them)."""
+
+    def __init__(self, connection: dict[str, Any], tunnel: subprocess.Popen[bytes]) -> None:
+        super().__init__(connection)
+        self._tunnel = tunnel
+
+    def close(self) -> None:
+        super().close()
+        if self._tunnel.poll() is None:
+            self._tunnel.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._tunnel.wait(3)
+
+
+def _tunneled(connection: dict[str, Any], path: str) -> _TunneledTransport:
+    """The kernel of ``connection`` reached through SSH: its ``"ssh"`` field names the server
+    as ``jupyter console --ssh`` takes it (``user@host[:port]`` or a ~/.ssh/config alias), its
+    optional ``"ssh_key"`` a key file. One ``ssh -N`` forwards the five ports to loopback here
+    (jupyter_client's pexpect tunnels did not outlive the call that opened them here).
+    Key-based login only: a password prompt would have no one to answer it (BatchMode)."""
+    from jupyter_client.ssh.tunnel import select_random_ports
+
+    server, key = str(connection["ssh"]), connection.get("ssh_key")
+    host, _, port = server.partition(":")
+    where = f"the kernel of {path} over SSH via {server}"
+    local = select_random_ports(len(_CHANNELS))
+    command = ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    command += ["-o", f"ConnectTimeout={SSH_TIMEOUT:.0f}"]
+    command += ["-p", port] if port else []
+    command += ["-i", str(key)] if key else []
+    for lport, channel in zip(local, _CHANNELS, strict=True):
+        command += ["-L", f"127.0.0.1:{lport}:{connection['ip']}:{connection[channel + '_port']}"]
+    with tempfile.TemporaryFile() as errors:  # a pipe nobody reads would fill, stalling ssh
+        try:
+            tunnel = subprocess.Popen(
+                [*command, host], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors
+            )
+        except OSError as err:
+            raise KaimonError(f"cannot reach {where}: ssh could not be run: {err}") from None
+        deadline = time.monotonic() + SSH_TIMEOUT
+        while not all(_listening(p) for p in local):
+            if tunnel.poll() is not None:
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip() or f"code {tunnel.returncode}"
+                raise KaimonError(f"cannot reach {where}: ssh exited: {said}")
+            if time.monotonic() > deadline:
+                tunnel.kill()
+                tunnel.wait()
+                raise KaimonError(f"cannot reach {where}: no tunnel within {SSH_TIMEOUT:g} s")
+            time.sleep(0.02)
+    ports = {f"{c}_port": p for c, p in zip(_CHANNELS, local, strict=True)}
+    forwarded = {**connection, "ip": "127.0.0.1", "transport": "tcp", **ports}
+    return _TunneledTransport(forwarded, tunnel)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _owner_file(key: str) -> Path:
     return sessions_dir() / f"owned-{key}.json"
 
@@ -152,11 +222,14 @@ class LocalProvider:
     def connect(self, info: SessionInfo) -> ZmqTransport:
         try:
             with open(info.connection_file) as f:
-                return ZmqTransport(json.load(f))
+                connection = json.load(f)
         except (OSError, ValueError) as err:
             raise KaimonError(
                 f"cannot read the connection file {info.connection_file}: {err}"
             ) from None
+        if isinstance(connection, dict) and connection.get("ssh"):
+            return _tunneled(connection, info.connection_file)
+        return ZmqTransport(connection)
 
     def identity(self, info: SessionInfo) -> ProcessIdentity | None:
         """The identity of the kernel ``info`` names (the gate states it; else as first

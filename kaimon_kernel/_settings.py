@@ -190,6 +190,12 @@ class Settings(BaseSettings):
     port: int = Field(2828, ge=1, le=65535, description="HTTP port")
     auth: bool = Field(True, description="HTTP needs the bearer token")
     log_level: str = Field("WARNING", description="logging level on stderr")
+    kernel_launcher: list[str] = Field(
+        default_factory=list,
+        description="a command put in front of the kernels kaimon starts, e.g. "
+        '["bwrap", "--unshare-net", ...]; {project} and {runtime_dir} in it are replaced. '
+        "Such kernels talk over ipc (files in the runtime dir), not TCP",
+    )
     cwd: Path = Field(default_factory=Path.cwd, description="the server's working directory")
     tools: ToolsSetting = Field(
         default_factory=ToolsSetting,
@@ -234,6 +240,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{str(path)!r} is not an absolute path")
             out.append(path)
         return out
+
+    @field_validator("kernel_launcher")
+    @classmethod
+    def _launcher(cls, value: list[str]) -> list[str]:
+        if any(not part.strip() for part in value):
+            raise ValueError("every part of the command must be a non-empty string")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any
 
 import psutil
 import watchfiles
+import zmq
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from pydantic import ValidationError
@@ -33,7 +36,8 @@ from ..._errors import KaimonError
 from ..._paths import resume_file_for, sessions_dir, write_private
 from ..._protocol import ProcessIdentity, SessionInfo
 from ..._settings import LaunchSettings, load_settings
-from .._transport import ZmqTransport
+from .._launcher import kernel_prefix, supports_curve
+from .._transport import CURVE_CLIENT, ZmqTransport
 from ._base import LaunchRequest
 
 __all__ = ["LocalProvider", "ProcessIdentity", "pid_alive", "reap_orphans", "session_dirs"]
@@ -42,11 +46,18 @@ logger = logging.getLogger(__name__)
 
 GATE_EXTENSION = "--ext=kaimon_kernel"
 ALIVE_REUSE = 0.5  # seconds a "the kernel runs" answer is reused on the hot path
+SSH_TIMEOUT = 20.0  # seconds to open the tunnels to a kernel on another machine
+#: Whether this jupyter_client's kernel manager provisions CurveZMQ keys (8.10+).
+CURVE_MANAGER = CURVE_CLIENT and "transport_encryption" in AsyncKernelManager.class_traits()
+IPC_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 
 
 def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
-    """The live process ``identity`` names, or None when it is gone or another one now."""
+    """The live process ``identity`` names, or None when it is gone or another one now (or
+    on another machine: the same pid here is a stranger)."""
     if identity is None or identity.create_time is None or not identity.alive():
+        return None
+    if identity.host and identity.host != socket.gethostname():
         return None
     try:
         return psutil.Process(identity.pid)
@@ -110,6 +121,86 @@ class _Owned:
     log: Any  # kept open: a restart launches again with the same streams
 
 
+def _endpoints(runtime: Path, key: str, *, sandboxed: bool) -> dict[str, str]:
+    """Where a kernel listens: loopback TCP, or under a launcher (which may give the kernel a
+    network of its own, as bwrap --unshare-net does) ipc sockets in the runtime dir."""
+    if not sandboxed:
+        return {"transport": "tcp", "ip": "127.0.0.1"}
+    if sys.platform == "win32":
+        raise KaimonError("kernel_launcher needs ipc sockets, which Windows lacks")
+    ip = str(runtime / f"kaimon-ipc-{key}")
+    if len(ip.encode()) + 7 > IPC_PATH_MAX:  # "-<port>" follows
+        raise KaimonError(
+            f"the runtime dir {runtime} is too long a path for the kernel's ipc sockets "
+            f"({IPC_PATH_MAX} bytes at most); set JUPYTER_RUNTIME_DIR to a shorter one"
+        )
+    return {"transport": "ipc", "ip": ip}
+
+
+_CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
+
+
+class _TunneledTransport(ZmqTransport):
+    """A kernel's channels through the SSH process that forwards them (stopped with them)."""
+
+    def __init__(self, connection: dict[str, Any], tunnel: subprocess.Popen[bytes]) -> None:
+        super().__init__(connection)
+        self._tunnel = tunnel
+
+    def close(self) -> None:
+        super().close()
+        if self._tunnel.poll() is None:
+            self._tunnel.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._tunnel.wait(3)
+
+
+def _tunneled(connection: dict[str, Any], path: str) -> _TunneledTransport:
+    """The kernel of ``connection`` reached through SSH: its ``"ssh"`` field names the server
+    as ``jupyter console --ssh`` takes it (``user@host[:port]`` or a ~/.ssh/config alias), its
+    optional ``"ssh_key"`` a key file. One ``ssh -N`` forwards the five ports to loopback here
+    (jupyter_client's pexpect tunnels did not outlive the call that opened them here).
+    Key-based login only: a password prompt would have no one to answer it (BatchMode)."""
+    from jupyter_client.ssh.tunnel import select_random_ports
+
+    server, key = str(connection["ssh"]), connection.get("ssh_key")
+    host, _, port = server.partition(":")
+    where = f"the kernel of {path} over SSH via {server}"
+    local = select_random_ports(len(_CHANNELS))
+    command = ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    command += ["-o", f"ConnectTimeout={SSH_TIMEOUT:.0f}"]
+    command += ["-p", port] if port else []
+    command += ["-i", str(key)] if key else []
+    for lport, channel in zip(local, _CHANNELS, strict=True):
+        command += ["-L", f"127.0.0.1:{lport}:{connection['ip']}:{connection[channel + '_port']}"]
+    with tempfile.TemporaryFile() as errors:  # a pipe nobody reads would fill, stalling ssh
+        try:
+            tunnel = subprocess.Popen(
+                [*command, host], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors
+            )
+        except OSError as err:
+            raise KaimonError(f"cannot reach {where}: ssh could not be run: {err}") from None
+        deadline = time.monotonic() + SSH_TIMEOUT
+        while not all(_listening(p) for p in local):
+            if tunnel.poll() is not None:
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip() or f"code {tunnel.returncode}"
+                raise KaimonError(f"cannot reach {where}: ssh exited: {said}")
+            if time.monotonic() > deadline:
+                tunnel.kill()
+                tunnel.wait()
+                raise KaimonError(f"cannot reach {where}: no tunnel within {SSH_TIMEOUT:g} s")
+            time.sleep(0.02)
+    ports = {f"{c}_port": p for c, p in zip(_CHANNELS, local, strict=True)}
+    forwarded = {**connection, "ip": "127.0.0.1", "transport": "tcp", **ports}
+    return _TunneledTransport(forwarded, tunnel)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _owner_file(key: str) -> Path:
     return sessions_dir() / f"owned-{key}.json"
 
@@ -162,11 +253,14 @@ class LocalProvider:
     def connect(self, info: SessionInfo) -> ZmqTransport:
         try:
             with open(info.connection_file) as f:
-                return ZmqTransport(json.load(f))
+                connection = json.load(f)
         except (OSError, ValueError) as err:
             raise KaimonError(
                 f"cannot read the connection file {info.connection_file}: {err}"
             ) from None
+        if isinstance(connection, dict) and connection.get("ssh"):
+            return _tunneled(connection, info.connection_file)
+        return ZmqTransport(connection)
 
     def identity(self, info: SessionInfo) -> ProcessIdentity | None:
         """The identity of the kernel ``info`` names (the gate states it; else as first
@@ -210,15 +304,34 @@ class LocalProvider:
             autoserve=True, started_by="agent", session_key=key, label=request.label
         )
         env.update(launch.to_env())
+        runtime = self.directory.parent
+        # read afresh, like the allowed projects: a launcher the person sets applies at once
+        prefix = kernel_prefix(
+            load_settings().kernel_launcher, project=request.cwd, runtime_dir=str(runtime)
+        )
+        # CurveZMQ keys in the connection file, where this ipykernel reads them
+        encrypt = zmq.has("curve") and CURVE_MANAGER and await supports_curve(python)
         manager = _KaimonKernelManager(
-            connection_file=str(self.directory.parent / f"kernel-kaimon-{key}.json"),
-            ip="127.0.0.1",
+            connection_file=str(runtime / f"kernel-kaimon-{key}.json"),
+            transport_encryption="required" if encrypt else "disabled",
+            **_endpoints(runtime, key, sandboxed=bool(prefix)),
         )
         manager.spec = KernelSpec(
-            argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}", GATE_EXTENSION],
+            argv=[
+                *prefix,
+                python,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                GATE_EXTENSION,
+            ],
             display_name="Python 3 (Kaimon)",
             language="python",
-            interrupt_mode="signal",
+            # a SIGINT to the process group would also end the launcher (bwrap dies of it);
+            # an interrupt_request makes the kernel signal itself
+            interrupt_mode="message" if prefix else "signal",
+            metadata={"supported_encryption": ["curve"]} if encrypt else {},
         )
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.chmod(log_file, 0o600)
@@ -266,6 +379,8 @@ class LocalProvider:
                     "server": self._me.model_dump() if self._me else None,
                     "kernel": kernel.model_dump() if kernel else None,
                     "connection_file": owned.manager.connection_file,
+                    # the recorded process is the launcher (bwrap): the kernel is its child
+                    "launcher": owned.manager.transport == "ipc",
                 }
             ),
         )
@@ -342,17 +457,35 @@ def reap_orphans(directory: Path | None = None) -> list[int]:
         if proc is not None:
             logger.warning("stopping kernel pid %s: the server that started it is gone", proc.pid)
             with contextlib.suppress(psutil.Error):
-                proc.kill()
-                proc.wait(3)
+                # under a launcher the kernel is a child, which may outlive its parent
+                family = proc.children(recursive=True) if record.get("launcher") else []
+                for member in [proc, *family]:
+                    with contextlib.suppress(psutil.Error):
+                        member.kill()
+                psutil.wait_procs([proc, *family], timeout=3)
             stopped.append(proc.pid)
         connection_file = record.get("connection_file")
         if isinstance(connection_file, str):
+            _remove_ipc_sockets(connection_file)
             with contextlib.suppress(OSError):
                 os.unlink(connection_file)
         key = path.stem.removeprefix("owned-")
         (directory / f"session-{key}.json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     return stopped
+
+
+def _remove_ipc_sockets(connection_file: str) -> None:
+    """The socket files of an ipc kernel (``<ip>-<port>``), which outlive a killed kernel."""
+    try:
+        info = json.loads(Path(connection_file).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict) or info.get("transport") != "ipc":
+        return
+    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+        with contextlib.suppress(OSError, TypeError):
+            os.unlink(f"{info['ip']}-{info[channel + '_port']}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

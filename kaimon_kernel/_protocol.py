@@ -177,7 +177,7 @@ class SessionInfo(_Model):
     protocol_version: int = PROTOCOL_MAJOR
     protocol_minor: int = PROTOCOL_MINOR
     started_at: float
-    started_by: Literal["person", "agent"] = "person"
+    started_by: Literal["person", "agent", "extension"] = "person"
     allow_mirror: bool = True
     allow_restart: bool = True
     #: Overrides the server's promote_after for this session (seconds; <=0 never).

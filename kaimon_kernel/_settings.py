@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="HTTP needs the bearer token")
     log_level: str = Field("WARNING", description="logging level on stderr")
     cwd: Path = Field(default_factory=Path.cwd, description="the server's working directory")
+    extension_backoff: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [5.0, 10.0, 30.0, 60.0],
+        min_length=1,
+        description="seconds before a crashed extension is started again (the last repeats)",
+    )
 
     @field_validator("promote_after", "cancel_grace", mode="before")
     @classmethod

@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("path")
     pd = psub.add_parser("remove", help="disallow a directory")
     pd.add_argument("path")
+
+    from .extensions._cli import add_parser as add_extensions_parser
+
+    add_extensions_parser(sub)
     return p
 
 
@@ -170,6 +174,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"directory or above it; stored in {config_file()})"
             )
         return 0
+    if args.command == "extensions":
+        from .extensions._cli import run as run_extensions
+
+        return run_extensions(args)
     raise AssertionError(args.command)
 
 

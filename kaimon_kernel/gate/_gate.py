@@ -231,7 +231,7 @@ class Gate:
         description: str = "",
         allow_mirror: bool = True,
         allow_restart: bool = True,
-        started_by: Literal["person", "agent"] = "person",
+        started_by: Literal["person", "agent", "extension"] = "person",
         key: str | None = None,
         tools: Iterable[GateTool] = (),
         promote_after: float | None = None,

@@ -66,6 +66,8 @@ class ServerOptions:
     promote_after: float = DEFAULT_PROMOTE_AFTER
     cancel_grace: float = DEFAULT_CANCEL_GRACE
     cwd: str = field(default_factory=os.getcwd)
+    #: Seconds before a crashed extension is started again (the last repeats).
+    extension_backoff: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0)
 
 
 JOB_STATUS: dict[str, JobStatus] = {
@@ -186,7 +188,9 @@ class Kaimon:
                     "in a project directory; or call start_session with an allowed project."
                 ) from None
             async with self._start_lock:
-                if self.registry.sessions:  # another call started one meanwhile
+                if any(  # another call started one meanwhile
+                    s.info.started_by != "extension" for s in self.registry.sessions.values()
+                ):
                     return await self.resolve(None), ""
                 session = await self.start_session(self.options.cwd)
             connection = Path(session.info.connection_file).name

@@ -29,6 +29,7 @@ from .._protocol import ImageBlock, ToolResult
 from ._block_tools import add_block_tools
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
+from ._extension_tools import add_extension_tools
 from ._instructions import INSTRUCTIONS
 from ._results import text_result
 from ._session_tools import add_session_tools
@@ -237,4 +238,5 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
     add_exec_tools(mcp, kaimon)
     add_session_tools(mcp, kaimon)
     add_block_tools(mcp, kaimon)
+    add_extension_tools(mcp, kaimon)
     return mcp

@@ -175,6 +175,8 @@ class Registry:
         """The session called ``name`` (key, key prefix, label or namespace), or the only one."""
         sessions = list(self.sessions.values())
         if not name:
+            # an extension's process serves its tools, not the agent's code: only by name
+            sessions = [s for s in sessions if s.info.started_by != "extension"]
             if len(sessions) == 1:
                 return sessions[0]
             if not sessions:

@@ -465,3 +465,22 @@ async def test_two_servers_run_one_copy_and_another_takes_over_when_it_dies(
         result = await client.call_tool("notes_search", {"query": "tris"})
         assert not result.is_error, text_of(result)
     assert took_over < 10, took_over
+
+
+async def test_an_extension_and_a_session_sharing_a_namespace_both_keep_their_tools(
+    home: Path, make_person: Any
+) -> None:
+    person = make_person(serve=False)
+    person.run(
+        "import kaimon_kernel\ndef search(query: str) -> str:\n    return 'person: ' + query\n"
+        "kaimon_kernel.serve(namespace='notes', tools=[kaimon_kernel.GateTool('search', search)])"
+    )
+    assert kaimon("extensions", "add", str(notes_project(home)))[0] == 0
+    async with stdio_client("--no-auto-start") as client:
+        await until(lambda: _has(client, "notes_2_search"), "the extension's notes_2_search")
+        mine = await client.call_tool("notes_search", {"query": "x"})
+        theirs = await client.call_tool("notes_2_search", {"query": "tris"})
+        assert text_of(mine) == "person: x"
+        assert theirs.structured_content["result"][0]["text"] == "Tris at pH 8.0"
+        info = (await client.call_tool("extension_info", {})).structured_content
+        assert sorted(info["extensions"][0]["tools"]) == ["notes_2_list", "notes_2_search"]

@@ -68,6 +68,7 @@ __all__ = [
     "ToolResult",
     "ToolSpec",
     "ToolsChanged",
+    "TopicEvent",
     "Welcome",
     "check_protocol",
     "parse_gate_message",
@@ -91,6 +92,7 @@ PROTOCOL_FEATURES: frozenset[str] = frozenset(
         "info_query",  # InfoQuery → InfoReply
         "set_option",
         "job_promoted",
+        "events",  # TopicEvent: the server forwards its events to an extension's gate
     }
 )
 #: The Jupyter comm target the gate registers in the kernel.
@@ -320,6 +322,17 @@ class SetOption(Request):
     mirror: bool
 
 
+class TopicEvent(Request):
+    """Something happened on the server (an extension's ``event_topics``): the gate hands it
+    to its event listeners. Sent only where the gate lists the ``events`` feature."""
+
+    type: Literal["event"] = "event"
+    topic: str
+    data: dict[str, Any] = {}
+    #: The key of the session it concerns.
+    session: str = ""
+
+
 class JobPromoted(Request):
     """Server → gate: an agent evaluation became a background job (the live view says so).
 
@@ -458,7 +471,8 @@ ServerMessage = Annotated[
     | SetInfo
     | InfoQuery
     | SetOption
-    | JobPromoted,
+    | JobPromoted
+    | TopicEvent,
     Field(discriminator="type"),
 ]
 GateMessage = Annotated[

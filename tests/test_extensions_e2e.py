@@ -484,3 +484,65 @@ async def test_an_extension_and_a_session_sharing_a_namespace_both_keep_their_to
         assert theirs.structured_content["result"][0]["text"] == "Tris at pH 8.0"
         info = (await client.call_tool("extension_info", {})).structured_content
         assert sorted(info["extensions"][0]["tools"]) == ["notes_2_list", "notes_2_search"]
+
+
+LISTENS = """\
+import json
+from pathlib import Path
+from kaimon_kernel import GateTool
+
+HEARD = Path(__file__).with_name("heard.jsonl")
+
+def ping() -> str:
+    return "pong"
+
+def create_tools():
+    return [GateTool("ping", ping)]
+
+def on_event(topic, data, session):
+    with HEARD.open("a") as f:
+        f.write(json.dumps({"topic": topic, "data": data, "session": session}) + "\\n")
+"""
+
+
+async def test_an_extension_hears_its_event_topics(home: Path, make_person: Any) -> None:
+    root = project(
+        home,
+        "listens",
+        simple_manifest("listens", event_topics='["eval_finished", "session_started"]'),
+        LISTENS,
+    )
+    assert kaimon("extensions", "add", str(root))[0] == 0
+    heard_file = root / "heard.jsonl"
+
+    def heard() -> list[dict[str, Any]]:
+        text = heard_file.read_text() if heard_file.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    async with stdio_client("--no-auto-start") as client:
+        await until(lambda: _has(client, "listens_ping"), "the extension")
+        person = make_person("--label bench")
+        await until(
+            lambda: any(h["topic"] == "session_started" for h in heard()), "session_started"
+        )
+        result = await client.call_tool("ex", {"code": "6 * 7", "session": "bench"})
+        assert text_of(result).strip() == "42"
+        finished = await until(
+            lambda: [h for h in heard() if h["topic"] == "eval_finished"], "eval_finished"
+        )
+    assert finished[0]["session"] == person.key
+    assert finished[0]["data"]["status"] == "ok" and finished[0]["data"]["label"] == "bench"
+    started = next(h for h in heard() if h["topic"] == "session_started")
+    assert started["session"] == person.key
+    # its own session, and topics it did not ask for, never reach it
+    assert {h["topic"] for h in heard()} <= {"eval_finished", "session_started"}
+    assert all(h["session"] != status("listens").get("key") for h in heard())
+
+
+def test_add_refuses_an_unknown_event_topic(home: Path) -> None:
+    root = project(
+        home, "deaf", simple_manifest("deaf", event_topics='["breakpoint_hit"]'), LISTENS
+    )
+    code, out = kaimon("extensions", "add", str(root))
+    assert code == 2 and "event_topics: unknown topic 'breakpoint_hit'" in out, out
+    assert "eval_finished" in out

@@ -199,6 +199,14 @@ def load_ipython_extension(ip: Any) -> None:
         _log(f"kaimon extension {name or project}: not started: {err}\n{traceback.format_exc()}")
         os._exit(3)
     _state.update(manifest=manifest, module=module, info=info)
+    if manifest.event_topics:
+        topics, on_event = frozenset(manifest.event_topics), module.on_event
+
+        def listener(topic: str, data: dict[str, Any], session: str) -> None:
+            if topic in topics:
+                on_event(topic, data, session)
+
+        current_gate(ip).event_listeners.append(listener)
     if manifest.shutdown_function:
         hook = getattr(module, manifest.shutdown_function)
         atexit.register(_run_with_limit, hook, f"{manifest.shutdown_function}()")

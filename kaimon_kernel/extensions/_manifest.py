@@ -18,7 +18,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Manifest", "ManifestError", "load_manifest"]
+__all__ = ["EVENT_TOPICS", "Manifest", "ManifestError", "load_manifest"]
+
+#: What an extension may list in ``event_topics`` (its ``on_event(topic, data, session)``).
+EVENT_TOPICS = (
+    "session_started",
+    "session_ended",
+    "eval_started",
+    "eval_finished",
+    "job_finished",
+    "tool_call_finished",
+)
 
 _NAMESPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -68,6 +78,17 @@ class Manifest(BaseModel):
     def _function(cls, value: str | None) -> str | None:
         if value is not None and not _IDENT.match(value):
             raise ValueError(f"{value!r} is not a function name (like create_tools)")
+        return value
+
+    @field_validator("event_topics")
+    @classmethod
+    def _topics(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in EVENT_TOPICS]
+        if unknown:
+            raise ValueError(
+                f"unknown topic{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                f"; known: {', '.join(EVENT_TOPICS)}"
+            )
         return value
 
     def interpreter(self) -> str:

@@ -18,15 +18,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from .._paths import sessions_dir, write_private
 from .._protocol import ProcessIdentity
+from ._forward import EventForwarder
 from ._process import KernelProcess, reap_orphans
 from ._registry import Extension, Registry, extensions
 from ._supervisor import DEFAULT_BACKOFF, ExtensionProcess, ExtensionStatus, Runner
+
+if TYPE_CHECKING:
+    from ..server._core import Kaimon
 
 __all__ = [
     "LOCK_POLL",
@@ -264,14 +269,20 @@ class Supervisor:
 
 
 @contextlib.asynccontextmanager
-async def supervising(backoff: Sequence[float] = DEFAULT_BACKOFF) -> AsyncIterator[Supervisor]:
-    """A :class:`Supervisor` running in the background; on the way out its extensions stop
-    and the lock is released."""
+async def supervising(
+    backoff: Sequence[float] = DEFAULT_BACKOFF, kaimon: Kaimon | None = None
+) -> AsyncIterator[Supervisor]:
+    """A :class:`Supervisor` running in the background (and, given the server's core, its
+    events forwarded to extensions' event_topics); on the way out its extensions stop and
+    the lock is released."""
     supervisor = Supervisor(backoff=backoff)
     task = asyncio.create_task(supervisor.run(), name="kaimon-extensions")
+    forwarder = EventForwarder(kaimon, lambda: supervisor.supervising) if kaimon else None
     try:
         yield supervisor
     finally:
+        if forwarder is not None:
+            forwarder.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

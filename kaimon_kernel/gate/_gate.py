@@ -53,6 +53,7 @@ from .._protocol import (
     ToolProgress,
     ToolResult,
     ToolsChanged,
+    TopicEvent,
     Welcome,
     check_protocol,
     parse_server_message,
@@ -217,6 +218,8 @@ class Gate:
         self.evals.view = self.view
         # ipykernel's way: one handler per message type, found by name
         self._handlers: dict[str, Any] = {t: getattr(self, f"_on_{t}") for t in REQUESTS}
+        #: Called as listener(topic, data, session) for each server event (extensions).
+        self.event_listeners: list[Any] = []
         atexit.register(self._at_exit)
 
     @property
@@ -452,6 +455,17 @@ class Gate:
             self.view.job_promoted(request.msg_id, request.eval_id)
         return Ack(request_id=request.id)
 
+    def _on_event(self, link: ServerLink, request: TopicEvent) -> Reply:
+        """Hand a server event to the listeners (an extension's on_event), off this thread."""
+        for listener in list(self.event_listeners):
+            threading.Thread(
+                target=_call_listener,
+                args=(listener, request.topic, request.data, request.session),
+                name="kaimon-event",
+                daemon=True,
+            ).start()
+        return Ack(request_id=request.id)
+
     def _on_set_option(self, link: ServerLink, request: SetOption) -> Reply:
         if self.info is None:
             return Ack(request_id=request.id, ok=False, error="this kernel is not served")
@@ -563,6 +577,13 @@ def _delete_subshell(subshell_id: str) -> None:
             client.stop_channels()
 
     threading.Thread(target=work, name="kaimon-drop-subshell", daemon=True).start()
+
+
+def _call_listener(listener: Any, topic: str, data: dict[str, Any], session: str) -> None:
+    try:
+        listener(topic, data, session)
+    except Exception:
+        logger.warning("kaimon: an event listener failed on %r", topic, exc_info=True)
 
 
 _gate: Gate | None = None

@@ -49,6 +49,7 @@ from .._protocol import (
     ToolResult,
     ToolsChanged,
     ToolSpec,
+    TopicEvent,
     Welcome,
     check_protocol,
     parse_gate_message,
@@ -385,6 +386,11 @@ class GateClient:
         """Tell the gate's live view that ``msg_id`` is now the background job ``eval_id``."""
         if self.state == "ready":
             self.post(JobPromoted(msg_id=msg_id, eval_id=eval_id))
+
+    def post_event(self, topic: str, data: dict[str, Any], session: str) -> None:
+        """Forward a server event to the gate (an extension's event_topics), unanswered."""
+        if self.state == "ready" and self.supports("events"):
+            self.post(TopicEvent(topic=topic, data=data, session=session))
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ def serve_forever(
         task: asyncio.Task[None] | None = None
         try:
             kaimon = Kaimon(options)
-            async with kaimon.running(), supervising(options.extension_backoff):
+            async with kaimon.running(), supervising(options.extension_backoff, kaimon):
                 if stop.is_set():
                     return
                 task = asyncio.create_task(

@@ -58,6 +58,8 @@ __all__ = [
     "Reply",
     "Request",
     "ResumeMarker",
+    "ServerCall",
+    "ServerCallResult",
     "ServerMessage",
     "SessionChanged",
     "SessionInfo",
@@ -93,6 +95,7 @@ PROTOCOL_FEATURES: frozenset[str] = frozenset(
         "set_option",
         "job_promoted",
         "events",  # TopicEvent: the server forwards its events to an extension's gate
+        "server_calls",  # ServerCall → ServerCallResult: kaimon_kernel.call_tool()
     }
 )
 #: The Jupyter comm target the gate registers in the kernel.
@@ -333,6 +336,18 @@ class TopicEvent(Request):
     session: str = ""
 
 
+class ServerCallResult(Request):
+    """The answer to a gate's :class:`ServerCall` (it needs no answer itself)."""
+
+    type: Literal["server_call_result"] = "server_call_result"
+    call_id: str
+    content: list[Block] = []
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+    #: For a listing: the tools the server offers (names as agents see them).
+    tools: list[ToolSpec] | None = None
+
+
 class JobPromoted(Request):
     """Server → gate: an agent evaluation became a background job (the live view says so).
 
@@ -450,6 +465,21 @@ class ToolProgress(_Model):
     total: float | None = None
 
 
+class ServerCall(_Model):
+    """Gate → server: call a tool the server offers, as an agent would
+    (``kaimon_kernel.call_tool``); answered by :class:`ServerCallResult`."""
+
+    type: Literal["server_call"] = "server_call"
+    call_id: str = Field(default_factory=_new_id)
+    name: str = ""
+    arguments: dict[str, Any] = {}
+    timeout: float = 60.0
+    #: List the tools instead of calling one.
+    listing: bool = False
+    #: Sent from the kernel's main thread (a cell): code for this session would wait on it.
+    from_main_thread: bool = False
+
+
 class EvalUpdate(_Model):
     """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
 
@@ -472,7 +502,8 @@ ServerMessage = Annotated[
     | InfoQuery
     | SetOption
     | JobPromoted
-    | TopicEvent,
+    | TopicEvent
+    | ServerCallResult,
     Field(discriminator="type"),
 ]
 GateMessage = Annotated[
@@ -486,7 +517,8 @@ GateMessage = Annotated[
     | ToolsChanged
     | SessionChanged
     | ToolProgress
-    | EvalUpdate,
+    | EvalUpdate
+    | ServerCall,
     Field(discriminator="type"),
 ]
 

@@ -1,5 +1,6 @@
 """The in-kernel half of kaimon."""
 
+from ._callback import ToolCallError, call_tool, server_tools
 from ._context import is_cancelled, progress, stash
 from ._gate import (
     Gate,
@@ -21,8 +22,10 @@ __all__ = [
     "GateTool",
     "KaimonMagics",
     "ToolArgumentError",
+    "ToolCallError",
     "ToolDefinitionError",
     "autoserve_from_env",
+    "call_tool",
     "current_gate",
     "is_cancelled",
     "list_tools",
@@ -30,6 +33,7 @@ __all__ = [
     "register",
     "resume_after_restart",
     "serve",
+    "server_tools",
     "stash",
     "stop",
     "tool",

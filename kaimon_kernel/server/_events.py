@@ -24,6 +24,7 @@ __all__ = [
     "ExecutionStarted",
     "JobFinished",
     "JobPromoted",
+    "ServerCallAsked",
     "SessionCame",
     "SessionChanged",
     "SessionWent",
@@ -106,6 +107,13 @@ class ToolCallFinished(Event):
     call_id: str
     is_error: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class ServerCallAsked(Event):
+    """A kernel asks the server to call a tool (``kaimon_kernel.call_tool``)."""
+
+    call: Any
 
 
 E = TypeVar("E", bound=Event)

@@ -40,6 +40,7 @@ from .._protocol import (
     Refused,
     Reply,
     Request,
+    ServerCall,
     SessionChanged,
     SessionInfo,
     SetInfo,
@@ -87,7 +88,14 @@ class GateClosed:
 
 #: What listeners receive: the gate's own messages, and :class:`GateClosed`.
 GateEvent = (
-    Welcome | Refused | ToolsChanged | SessionChanged | EvalUpdate | EvalRecords | GateClosed
+    Welcome
+    | Refused
+    | ToolsChanged
+    | SessionChanged
+    | EvalUpdate
+    | EvalRecords
+    | GateClosed
+    | ServerCall
 )
 
 
@@ -145,6 +153,7 @@ class GateClient:
                 "tools_changed",
                 "session_changed",
                 "eval_update",
+                "server_call",
             )
         }
 
@@ -386,6 +395,10 @@ class GateClient:
         """Tell the gate's live view that ``msg_id`` is now the background job ``eval_id``."""
         if self.state == "ready":
             self.post(JobPromoted(msg_id=msg_id, eval_id=eval_id))
+
+    def _on_server_call(self, message: ServerCall) -> None:
+        if self.state == "ready":
+            self._emit(message)
 
     def post_event(self, topic: str, data: dict[str, Any], session: str) -> None:
         """Forward a server event to the gate (an extension's event_topics), unanswered."""

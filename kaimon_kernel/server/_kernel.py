@@ -30,6 +30,7 @@ from .._protocol import (
     ProcessIdentity,
     Refused,
     Request,
+    ServerCall,
     SessionChanged,
     SessionInfo,
     ToolsChanged,
@@ -77,6 +78,8 @@ class KernelSession:
         #: Called when the gate's tools, or the session's info, change (set by the registry).
         self.on_tools_changed: Callable[[], object] | None = None
         self.on_info_changed: Callable[[], object] | None = None
+        #: Called with each tool call the kernel asks of the server (kaimon_kernel.call_tool).
+        self.on_server_call: Callable[[ServerCall], object] | None = None
         self.subshell_id: str | None = None
         self._comm_id = uuid.uuid4().hex
         self.gate = self._new_gate()
@@ -371,6 +374,10 @@ class KernelSession:
             self.gate.feed(data)
 
     def _on_gate_event(self, event: GateEvent) -> None:
+        if isinstance(event, ServerCall):
+            if self.on_server_call is not None:
+                self.on_server_call(event)
+            return
         if isinstance(event, Welcome) and (
             event.session.key != self.info.key or event.session.session_id != self.info.session_id
         ):

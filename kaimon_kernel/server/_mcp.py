@@ -27,6 +27,7 @@ from .. import __version__
 from .._errors import InvalidArgument, KaimonError
 from .._protocol import ImageBlock, ToolResult
 from ._block_tools import add_block_tools
+from ._callback import add_server_calls
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
 from ._extension_tools import add_extension_tools
@@ -239,4 +240,5 @@ def build_mcp(kaimon: Kaimon) -> MCPServer:
     add_session_tools(mcp, kaimon)
     add_block_tools(mcp, kaimon)
     add_extension_tools(mcp, kaimon)
+    add_server_calls(mcp, kaimon)
     return mcp

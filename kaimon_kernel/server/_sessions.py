@@ -15,7 +15,14 @@ import time
 from collections.abc import Sequence
 
 from .._errors import AmbiguousSession, SessionNotFound
-from ._events import EventBus, SessionCame, SessionChanged, SessionWent, ToolsChanged
+from ._events import (
+    EventBus,
+    ServerCallAsked,
+    SessionCame,
+    SessionChanged,
+    SessionWent,
+    ToolsChanged,
+)
 from ._kernel import KernelSession
 from .providers import KernelProvider, LocalProvider
 
@@ -115,6 +122,9 @@ class Registry:
                 session = KernelSession(info, provider)
                 session.on_tools_changed = lambda key=key: self.bus.publish(ToolsChanged(key))
                 session.on_info_changed = lambda key=key: self.bus.publish(SessionChanged(key))
+                session.on_server_call = lambda call, key=key: self.bus.publish(
+                    ServerCallAsked(key, call)
+                )
                 self.sessions[key] = session
                 task = asyncio.create_task(self._connect(session), name=f"connect-{key}")
                 self._background.add(task)

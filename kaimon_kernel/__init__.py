@@ -31,6 +31,7 @@ _GATE_NAMES = (
     "is_cancelled",
     "list_tools",
     "progress",
+    "push_panel",
     "register",
     "serve",
     "server_tools",

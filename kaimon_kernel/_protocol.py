@@ -53,6 +53,7 @@ __all__ = [
     "InfoQuery",
     "InfoReply",
     "JobPromoted",
+    "PanelUpdate",
     "ProcessIdentity",
     "Refused",
     "Reply",
@@ -96,6 +97,7 @@ PROTOCOL_FEATURES: frozenset[str] = frozenset(
         "job_promoted",
         "events",  # TopicEvent: the server forwards its events to an extension's gate
         "server_calls",  # ServerCall → ServerCallResult: kaimon_kernel.call_tool()
+        "panel",  # PanelUpdate: kaimon_kernel.push_panel() state for an extension's panel
     }
 )
 #: The Jupyter comm target the gate registers in the kernel.
@@ -480,6 +482,14 @@ class ServerCall(_Model):
     from_main_thread: bool = False
 
 
+class PanelUpdate(_Model):
+    """Gate → server: state for the session's dashboard panel (``kaimon_kernel.push_panel``),
+    already reduced to JSON values; merged key by key into what the server holds."""
+
+    type: Literal["panel_update"] = "panel_update"
+    values: dict[str, Any]
+
+
 class EvalUpdate(_Model):
     """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
 
@@ -518,7 +528,8 @@ GateMessage = Annotated[
     | SessionChanged
     | ToolProgress
     | EvalUpdate
-    | ServerCall,
+    | ServerCall
+    | PanelUpdate,
     Field(discriminator="type"),
 ]
 

@@ -19,6 +19,7 @@ PUBLIC = [
     "list_tools",
     "load_ipython_extension",
     "progress",
+    "push_panel",
     "register",
     "serve",
     "server_tools",

@@ -80,6 +80,16 @@ class Manifest(BaseModel):
             raise ValueError(f"{value!r} is not a function name (like create_tools)")
         return value
 
+    @field_validator("panel")
+    @classmethod
+    def _panel(cls, value: str | None) -> str | None:
+        module, _, name = (value or "").partition(":")
+        if value is not None and not (_DOTTED.match(module) and _IDENT.match(name)):
+            raise ValueError(
+                f"{value!r} is not a panel: give module:Class (like notes_ext.panel:NotesPanel)"
+            )
+        return value
+
     @field_validator("event_topics")
     @classmethod
     def _topics(cls, value: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from ._gate import (
     unregister,
 )
 from ._magics import KaimonMagics, autoserve_from_env
+from ._panel import push_panel
 from ._schema import ToolArgumentError, ToolDefinitionError
 from ._tools import GateTool
 
@@ -30,6 +31,7 @@ __all__ = [
     "is_cancelled",
     "list_tools",
     "progress",
+    "push_panel",
     "register",
     "resume_after_restart",
     "serve",

@@ -39,6 +39,7 @@ from .._protocol import (
     InfoQuery,
     InfoReply,
     JobPromoted,
+    PanelUpdate,
     ProcessIdentity,
     Refused,
     Reply,
@@ -468,7 +469,11 @@ class Gate:
         self, name: str, arguments: dict[str, Any], timeout: float, *, listing: bool = False
     ) -> ServerCallResult:
         """Ask a connected server to call tool ``name`` (or list its tools); waits for it."""
-        links = [link for link in self.servers.values() if "server_calls" in link.features]
+        links = [
+            link
+            for link in self.live_servers(at_most_every=PRUNE_INTERVAL)
+            if "server_calls" in link.features
+        ]
         if not links:
             raise KaimonError(
                 "no kaimon server is connected to this kernel (or none is new enough to take "
@@ -495,6 +500,10 @@ class Gate:
         finally:
             self._server_calls.pop(call.call_id, None)
         return waiter[0]
+
+    def push_panel(self, values: dict[str, Any]) -> None:
+        """Send panel state (JSON values already) to every connected server."""
+        self._broadcast(PanelUpdate(values=values), feature="panel")
 
     def _on_event(self, link: ServerLink, request: TopicEvent) -> Reply:
         """Hand a server event to the listeners (an extension's on_event), off this thread."""

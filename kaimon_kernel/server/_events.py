@@ -24,6 +24,7 @@ __all__ = [
     "ExecutionStarted",
     "JobFinished",
     "JobPromoted",
+    "PanelUpdated",
     "ServerCallAsked",
     "SessionCame",
     "SessionChanged",
@@ -107,6 +108,13 @@ class ToolCallFinished(Event):
     call_id: str
     is_error: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class PanelUpdated(Event):
+    """The session's code pushed state for its dashboard panel (``KernelSession.panel``)."""
+
+    values: Any
 
 
 @dataclass(frozen=True)

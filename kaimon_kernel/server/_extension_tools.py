@@ -95,6 +95,7 @@ def add_extension_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         ]
         info.update(
             description=manifest.description if manifest else "",
+            panel=manifest.panel if manifest else None,
             project_path=ext.entry.project_path,
             session=ext.key,
             pid=status.pid if status else None,

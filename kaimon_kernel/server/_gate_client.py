@@ -36,6 +36,7 @@ from .._protocol import (
     InfoQuery,
     InfoReply,
     JobPromoted,
+    PanelUpdate,
     ProcessIdentity,
     Refused,
     Reply,
@@ -96,6 +97,7 @@ GateEvent = (
     | EvalRecords
     | GateClosed
     | ServerCall
+    | PanelUpdate
 )
 
 
@@ -154,6 +156,7 @@ class GateClient:
                 "session_changed",
                 "eval_update",
                 "server_call",
+                "panel_update",
             )
         }
 
@@ -395,6 +398,10 @@ class GateClient:
         """Tell the gate's live view that ``msg_id`` is now the background job ``eval_id``."""
         if self.state == "ready":
             self.post(JobPromoted(msg_id=msg_id, eval_id=eval_id))
+
+    def _on_panel_update(self, message: PanelUpdate) -> None:
+        if self.state == "ready":
+            self._emit(message)
 
     def _on_server_call(self, message: ServerCall) -> None:
         if self.state == "ready":

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .._errors import AmbiguousSession, SessionNotFound
 from ._events import (
     EventBus,
+    PanelUpdated,
     ServerCallAsked,
     SessionCame,
     SessionChanged,
@@ -124,6 +125,9 @@ class Registry:
                 session.on_info_changed = lambda key=key: self.bus.publish(SessionChanged(key))
                 session.on_server_call = lambda call, key=key: self.bus.publish(
                     ServerCallAsked(key, call)
+                )
+                session.on_panel = lambda values, key=key: self.bus.publish(
+                    PanelUpdated(key, values)
                 )
                 self.sessions[key] = session
                 task = asyncio.create_task(self._connect(session), name=f"connect-{key}")

@@ -53,11 +53,14 @@ __all__ = [
     "InfoQuery",
     "InfoReply",
     "JobPromoted",
+    "PanelUpdate",
     "ProcessIdentity",
     "Refused",
     "Reply",
     "Request",
     "ResumeMarker",
+    "ServerCall",
+    "ServerCallResult",
     "ServerMessage",
     "SessionChanged",
     "SessionInfo",
@@ -68,6 +71,7 @@ __all__ = [
     "ToolResult",
     "ToolSpec",
     "ToolsChanged",
+    "TopicEvent",
     "Welcome",
     "check_protocol",
     "parse_gate_message",
@@ -91,6 +95,9 @@ PROTOCOL_FEATURES: frozenset[str] = frozenset(
         "info_query",  # InfoQuery → InfoReply
         "set_option",
         "job_promoted",
+        "events",  # TopicEvent: the server forwards its events to an extension's gate
+        "server_calls",  # ServerCall → ServerCallResult: kaimon_kernel.call_tool()
+        "panel",  # PanelUpdate: kaimon_kernel.push_panel() state for an extension's panel
     }
 )
 #: The Jupyter comm target the gate registers in the kernel.
@@ -177,7 +184,7 @@ class SessionInfo(_Model):
     protocol_version: int = PROTOCOL_MAJOR
     protocol_minor: int = PROTOCOL_MINOR
     started_at: float
-    started_by: Literal["person", "agent"] = "person"
+    started_by: Literal["person", "agent", "extension"] = "person"
     allow_mirror: bool = True
     allow_restart: bool = True
     #: Overrides the server's promote_after for this session (seconds; <=0 never).
@@ -325,6 +332,29 @@ class SetOption(Request):
     mirror: bool
 
 
+class TopicEvent(Request):
+    """Something happened on the server (an extension's ``event_topics``): the gate hands it
+    to its event listeners. Sent only where the gate lists the ``events`` feature."""
+
+    type: Literal["event"] = "event"
+    topic: str
+    data: dict[str, Any] = {}
+    #: The key of the session it concerns.
+    session: str = ""
+
+
+class ServerCallResult(Request):
+    """The answer to a gate's :class:`ServerCall` (it needs no answer itself)."""
+
+    type: Literal["server_call_result"] = "server_call_result"
+    call_id: str
+    content: list[Block] = []
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+    #: For a listing: the tools the server offers (names as agents see them).
+    tools: list[ToolSpec] | None = None
+
+
 class JobPromoted(Request):
     """Server → gate: an agent evaluation became a background job (the live view says so).
 
@@ -442,6 +472,29 @@ class ToolProgress(_Model):
     total: float | None = None
 
 
+class ServerCall(_Model):
+    """Gate → server: call a tool the server offers, as an agent would
+    (``kaimon_kernel.call_tool``); answered by :class:`ServerCallResult`."""
+
+    type: Literal["server_call"] = "server_call"
+    call_id: str = Field(default_factory=_new_id)
+    name: str = ""
+    arguments: dict[str, Any] = {}
+    timeout: float = 60.0
+    #: List the tools instead of calling one.
+    listing: bool = False
+    #: Sent from the kernel's main thread (a cell): code for this session would wait on it.
+    from_main_thread: bool = False
+
+
+class PanelUpdate(_Model):
+    """Gate → server: state for the session's dashboard panel (``kaimon_kernel.push_panel``),
+    already reduced to JSON values; merged key by key into what the server holds."""
+
+    type: Literal["panel_update"] = "panel_update"
+    values: dict[str, Any]
+
+
 class EvalUpdate(_Model):
     """Gate → server: ``stash()`` / ``progress()`` called inside an agent's evaluation."""
 
@@ -463,7 +516,9 @@ ServerMessage = Annotated[
     | SetInfo
     | InfoQuery
     | SetOption
-    | JobPromoted,
+    | JobPromoted
+    | TopicEvent
+    | ServerCallResult,
     Field(discriminator="type"),
 ]
 GateMessage = Annotated[
@@ -477,7 +532,9 @@ GateMessage = Annotated[
     | ToolsChanged
     | SessionChanged
     | ToolProgress
-    | EvalUpdate,
+    | EvalUpdate
+    | ServerCall
+    | PanelUpdate,
     Field(discriminator="type"),
 ]
 

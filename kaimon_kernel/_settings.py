@@ -210,6 +210,11 @@ class Settings(BaseSettings):
         "notification says it still runs (keeps clients that reset their timeout on "
         "progress waiting); 0: never",
     )
+    extension_backoff: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [5.0, 10.0, 30.0, 60.0],
+        min_length=1,
+        description="seconds before a crashed extension is started again (the last repeats)",
+    )
 
     @field_validator("promote_after", "cancel_grace", "heartbeat", mode="before")
     @classmethod

@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     pd = psub.add_parser("remove", help="disallow a directory")
     pd.add_argument("path")
     _setup_parser(sub)
+
+    from .extensions._cli import add_parser as add_extensions_parser
+
+    add_extensions_parser(sub)
     return p
 
 
@@ -209,6 +213,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "setup":
         return _setup(args)
+    if args.command == "extensions":
+        from .extensions._cli import run as run_extensions
+
+        return run_extensions(args)
     raise AssertionError(args.command)
 
 

@@ -159,3 +159,41 @@ def job(job_id: str, status: str = "running", **kw: object) -> Job:
     )
     fields.update(kw)
     return Job(**fields)
+
+
+class FakeExtensionProcess:
+    """An extension's process for the supervisor's state machine: the test decides when it
+    serves and when it exits (see kaimon_kernel.extensions._supervisor.ExtensionProcess)."""
+
+    def __init__(self, *, serves: bool = True, fails_to_launch: str = "") -> None:
+        self.serves = serves
+        self.fails_to_launch = fails_to_launch
+        self.code: int | None = None
+        self.started = False
+        self.stops = 0
+        self.output = ""
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        if self.fails_to_launch:
+            raise OSError(self.fails_to_launch)
+        self.started = True
+        self.pid = 40000 + id(self) % 1000
+
+    def exit_code(self) -> int | None:
+        return self.code
+
+    def served(self) -> bool:
+        return self.started and self.serves and self.code is None
+
+    async def stop(self) -> None:
+        self.stops += 1
+        if self.code is None:
+            self.code = 0
+
+    def recent_output(self) -> str:
+        return self.output
+
+    def crash(self, code: int = -9, output: str = "") -> None:
+        self.output = output
+        self.code = code

@@ -1,5 +1,6 @@
 """The in-kernel half of kaimon."""
 
+from ._callback import ToolCallError, call_tool, server_tools
 from ._context import is_cancelled, progress, stash
 from ._gate import (
     Gate,
@@ -13,6 +14,7 @@ from ._gate import (
     unregister,
 )
 from ._magics import KaimonMagics, autoserve_from_env
+from ._panel import push_panel
 from ._schema import ToolArgumentError, ToolDefinitionError
 from ._tools import GateTool
 
@@ -21,15 +23,19 @@ __all__ = [
     "GateTool",
     "KaimonMagics",
     "ToolArgumentError",
+    "ToolCallError",
     "ToolDefinitionError",
     "autoserve_from_env",
+    "call_tool",
     "current_gate",
     "is_cancelled",
     "list_tools",
     "progress",
+    "push_panel",
     "register",
     "resume_after_restart",
     "serve",
+    "server_tools",
     "stash",
     "stop",
     "tool",

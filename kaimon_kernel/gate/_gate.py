@@ -39,11 +39,14 @@ from .._protocol import (
     InfoQuery,
     InfoReply,
     JobPromoted,
+    PanelUpdate,
     ProcessIdentity,
     Refused,
     Reply,
     Request,
     ResumeMarker,
+    ServerCall,
+    ServerCallResult,
     ServerMessage,
     SessionChanged,
     SessionInfo,
@@ -53,6 +56,7 @@ from .._protocol import (
     ToolProgress,
     ToolResult,
     ToolsChanged,
+    TopicEvent,
     Welcome,
     check_protocol,
     parse_server_message,
@@ -217,6 +221,9 @@ class Gate:
         self.evals.view = self.view
         # ipykernel's way: one handler per message type, found by name
         self._handlers: dict[str, Any] = {t: getattr(self, f"_on_{t}") for t in REQUESTS}
+        self._server_calls: dict[str, _ServerCallWaiter] = {}
+        #: Called as listener(topic, data, session) for each server event (extensions).
+        self.event_listeners: list[Any] = []
         atexit.register(self._at_exit)
 
     @property
@@ -231,7 +238,7 @@ class Gate:
         description: str = "",
         allow_mirror: bool = True,
         allow_restart: bool = True,
-        started_by: Literal["person", "agent"] = "person",
+        started_by: Literal["person", "agent", "extension"] = "person",
         key: str | None = None,
         tools: Iterable[GateTool] = (),
         promote_after: float | None = None,
@@ -452,6 +459,63 @@ class Gate:
             self.view.job_promoted(request.msg_id, request.eval_id)
         return Ack(request_id=request.id)
 
+    def _on_server_call_result(self, link: ServerLink, request: ServerCallResult) -> None:
+        waiter = self._server_calls.get(request.call_id)
+        if waiter is not None:
+            waiter.append(request)
+            waiter.done.set()
+
+    def call_server(
+        self, name: str, arguments: dict[str, Any], timeout: float, *, listing: bool = False
+    ) -> ServerCallResult:
+        """Ask a connected server to call tool ``name`` (or list its tools); waits for it."""
+        links = [
+            link
+            for link in self.live_servers(at_most_every=PRUNE_INTERVAL)
+            if "server_calls" in link.features
+        ]
+        if not links:
+            raise KaimonError(
+                "no kaimon server is connected to this kernel (or none is new enough to take "
+                "calls from it): serve it (`%kaimon serve`) and let an agent's server connect"
+            )
+        link = max(links, key=lambda link: link.since)
+        call = ServerCall(
+            name=name,
+            arguments=arguments,
+            timeout=timeout,
+            listing=listing,
+            from_main_thread=threading.current_thread() is threading.main_thread(),
+        )
+        waiter = _ServerCallWaiter()
+        self._server_calls[call.call_id] = waiter
+        try:
+            send(link.comm, call)
+            # the server enforces the timeout itself; this margin covers the way back
+            if not waiter.done.wait(timeout + 5):
+                raise KaimonError(
+                    f"the kaimon server (pid {link.server_pid}) did not answer the call of "
+                    f"{name or 'its tool list'} within {timeout:g} s"
+                )
+        finally:
+            self._server_calls.pop(call.call_id, None)
+        return waiter[0]
+
+    def push_panel(self, values: dict[str, Any]) -> None:
+        """Send panel state (JSON values already) to every connected server."""
+        self._broadcast(PanelUpdate(values=values), feature="panel")
+
+    def _on_event(self, link: ServerLink, request: TopicEvent) -> Reply:
+        """Hand a server event to the listeners (an extension's on_event), off this thread."""
+        for listener in list(self.event_listeners):
+            threading.Thread(
+                target=_call_listener,
+                args=(listener, request.topic, request.data, request.session),
+                name="kaimon-event",
+                daemon=True,
+            ).start()
+        return Ack(request_id=request.id)
+
     def _on_set_option(self, link: ServerLink, request: SetOption) -> Reply:
         if self.info is None:
             return Ack(request_id=request.id, ok=False, error="this kernel is not served")
@@ -563,6 +627,21 @@ def _delete_subshell(subshell_id: str) -> None:
             client.stop_channels()
 
     threading.Thread(target=work, name="kaimon-drop-subshell", daemon=True).start()
+
+
+class _ServerCallWaiter(list):  # type: ignore[type-arg]
+    """Where a ServerCallResult lands, and the flag that says it has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = threading.Event()
+
+
+def _call_listener(listener: Any, topic: str, data: dict[str, Any], session: str) -> None:
+    try:
+        listener(topic, data, session)
+    except Exception:
+        logger.warning("kaimon: an event listener failed on %r", topic, exc_info=True)
 
 
 _gate: Gate | None = None

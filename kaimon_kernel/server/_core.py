@@ -66,6 +66,8 @@ class ServerOptions:
     promote_after: float = DEFAULT_PROMOTE_AFTER
     cancel_grace: float = DEFAULT_CANCEL_GRACE
     cwd: str = field(default_factory=os.getcwd)
+    #: Seconds before a crashed extension is started again (the last repeats).
+    extension_backoff: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0)
 
 
 JOB_STATUS: dict[str, JobStatus] = {
@@ -186,7 +188,9 @@ class Kaimon:
                     "in a project directory; or call start_session with an allowed project."
                 ) from None
             async with self._start_lock:
-                if self.registry.sessions:  # another call started one meanwhile
+                if any(  # another call started one meanwhile
+                    s.info.started_by != "extension" for s in self.registry.sessions.values()
+                ):
                     return await self.resolve(None), ""
                 session = await self.start_session(self.options.cwd)
             connection = Path(session.info.connection_file).name
@@ -659,7 +663,8 @@ class Kaimon:
         """Every served tool under its MCP name ``<namespace>_<tool>``.
 
         Sessions sharing a namespace get ``<namespace>_2``, ``_3`` … by session key, in the
-        order this server first saw them: a restart (same key) keeps its names."""
+        order this server first saw them: a restart (same key) keeps its names. A name an
+        earlier session's tool already has gets ``_2``, ``_3`` … after the prefix."""
         table: dict[str, GateToolRef] = {}
         ordered = sorted(self.registry.sessions.values(), key=lambda s: (s.info.started_at, s.key))
         slots = {s.key: self._slot(s) for s in ordered}  # every session, ready or not yet
@@ -670,7 +675,10 @@ class Kaimon:
             ns = session.info.namespace
             prefix = ns if slot == 1 else f"{ns}_{slot}"
             for spec in session.tools:
-                name = f"{prefix}_{spec.name}"
+                name, n = f"{prefix}_{spec.name}", 1
+                while name in table:  # e.g. namespace "a_2" vs the second "a": never hide one
+                    n += 1
+                    name = f"{prefix}_{n}_{spec.name}"
                 table[name] = GateToolRef(name, session, spec)
         return table
 

@@ -24,6 +24,8 @@ __all__ = [
     "ExecutionStarted",
     "JobFinished",
     "JobPromoted",
+    "PanelUpdated",
+    "ServerCallAsked",
     "SessionCame",
     "SessionChanged",
     "SessionWent",
@@ -106,6 +108,20 @@ class ToolCallFinished(Event):
     call_id: str
     is_error: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class PanelUpdated(Event):
+    """The session's code pushed state for its dashboard panel (``KernelSession.panel``)."""
+
+    values: Any
+
+
+@dataclass(frozen=True)
+class ServerCallAsked(Event):
+    """A kernel asks the server to call a tool (``kaimon_kernel.call_tool``)."""
+
+    call: Any
 
 
 E = TypeVar("E", bound=Event)

@@ -36,10 +36,12 @@ from .._protocol import (
     InfoQuery,
     InfoReply,
     JobPromoted,
+    PanelUpdate,
     ProcessIdentity,
     Refused,
     Reply,
     Request,
+    ServerCall,
     SessionChanged,
     SessionInfo,
     SetInfo,
@@ -49,6 +51,7 @@ from .._protocol import (
     ToolResult,
     ToolsChanged,
     ToolSpec,
+    TopicEvent,
     Welcome,
     check_protocol,
     parse_gate_message,
@@ -86,7 +89,15 @@ class GateClosed:
 
 #: What listeners receive: the gate's own messages, and :class:`GateClosed`.
 GateEvent = (
-    Welcome | Refused | ToolsChanged | SessionChanged | EvalUpdate | EvalRecords | GateClosed
+    Welcome
+    | Refused
+    | ToolsChanged
+    | SessionChanged
+    | EvalUpdate
+    | EvalRecords
+    | GateClosed
+    | ServerCall
+    | PanelUpdate
 )
 
 
@@ -144,6 +155,8 @@ class GateClient:
                 "tools_changed",
                 "session_changed",
                 "eval_update",
+                "server_call",
+                "panel_update",
             )
         }
 
@@ -385,6 +398,19 @@ class GateClient:
         """Tell the gate's live view that ``msg_id`` is now the background job ``eval_id``."""
         if self.state == "ready":
             self.post(JobPromoted(msg_id=msg_id, eval_id=eval_id))
+
+    def _on_panel_update(self, message: PanelUpdate) -> None:
+        if self.state == "ready":
+            self._emit(message)
+
+    def _on_server_call(self, message: ServerCall) -> None:
+        if self.state == "ready":
+            self._emit(message)
+
+    def post_event(self, topic: str, data: dict[str, Any], session: str) -> None:
+        """Forward a server event to the gate (an extension's event_topics), unanswered."""
+        if self.state == "ready" and self.supports("events"):
+            self.post(TopicEvent(topic=topic, data=data, session=session))
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -27,9 +27,11 @@ from .._protocol import (
     EvalRecords,
     EvalUpdate,
     Hello,
+    PanelUpdate,
     ProcessIdentity,
     Refused,
     Request,
+    ServerCall,
     SessionChanged,
     SessionInfo,
     ToolsChanged,
@@ -77,6 +79,12 @@ class KernelSession:
         #: Called when the gate's tools, or the session's info, change (set by the registry).
         self.on_tools_changed: Callable[[], object] | None = None
         self.on_info_changed: Callable[[], object] | None = None
+        #: Called with each tool call the kernel asks of the server (kaimon_kernel.call_tool).
+        self.on_server_call: Callable[[ServerCall], object] | None = None
+        #: The state its code pushed for its dashboard panel (kaimon_kernel.push_panel).
+        self.panel: dict[str, Any] = {}
+        #: Called with each push's values, once merged into :attr:`panel`.
+        self.on_panel: Callable[[dict[str, Any]], object] | None = None
         self.subshell_id: str | None = None
         self._comm_id = uuid.uuid4().hex
         self.gate = self._new_gate()
@@ -371,6 +379,15 @@ class KernelSession:
             self.gate.feed(data)
 
     def _on_gate_event(self, event: GateEvent) -> None:
+        if isinstance(event, ServerCall):
+            if self.on_server_call is not None:
+                self.on_server_call(event)
+            return
+        if isinstance(event, PanelUpdate):
+            self.panel.update(event.values)
+            if self.on_panel is not None:
+                self.on_panel(event.values)
+            return
         if isinstance(event, Welcome) and (
             event.session.key != self.info.key or event.session.session_id != self.info.session_id
         ):

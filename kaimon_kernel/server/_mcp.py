@@ -29,8 +29,10 @@ from .._output import MAX_IMAGE_B64, Image, fit_image
 from .._protocol import ImageBlock, ToolResult
 from .._settings import Settings, load_settings
 from ._block_tools import add_block_tools
+from ._callback import add_server_calls
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
+from ._extension_tools import add_extension_tools
 from ._heartbeat import Heartbeat
 from ._instructions import INSTRUCTIONS, add_prompts
 from ._resources import add_resources, listed_resources
@@ -263,4 +265,6 @@ def build_mcp(kaimon: Kaimon, settings: Settings | None = None) -> MCPServer:
     add_block_tools(mcp, kaimon)
     add_resources(mcp, kaimon)
     add_prompts(mcp)
+    add_extension_tools(mcp, kaimon)
+    add_server_calls(mcp, kaimon)
     return mcp

@@ -21,6 +21,7 @@ from typing import Any
 
 from .._errors import KaimonError
 from .._settings import Settings
+from ..extensions import supervising
 from ._core import Kaimon, ServerOptions
 from ._http import BearerAuth, check_bind, transport_security
 from ._mcp import build_mcp
@@ -46,6 +47,7 @@ def server_options(settings: Settings) -> ServerOptions:
         promote_after=settings.promote_after,
         cancel_grace=settings.cancel_grace,
         cwd=str(settings.cwd),
+        extension_backoff=tuple(settings.extension_backoff),
     )
 
 
@@ -182,7 +184,7 @@ def serve_forever(
         task: asyncio.Task[None] | None = None
         try:
             kaimon = Kaimon(options)
-            async with kaimon.running():
+            async with kaimon.running(), supervising(options.extension_backoff, kaimon):
                 if stop.is_set():
                     return
                 task = asyncio.create_task(

@@ -15,7 +15,15 @@ import time
 from collections.abc import Sequence
 
 from .._errors import AmbiguousSession, SessionNotFound
-from ._events import EventBus, SessionCame, SessionChanged, SessionWent, ToolsChanged
+from ._events import (
+    EventBus,
+    PanelUpdated,
+    ServerCallAsked,
+    SessionCame,
+    SessionChanged,
+    SessionWent,
+    ToolsChanged,
+)
 from ._kernel import KernelSession
 from .providers import KernelProvider, LocalProvider
 
@@ -115,6 +123,12 @@ class Registry:
                 session = KernelSession(info, provider)
                 session.on_tools_changed = lambda key=key: self.bus.publish(ToolsChanged(key))
                 session.on_info_changed = lambda key=key: self.bus.publish(SessionChanged(key))
+                session.on_server_call = lambda call, key=key: self.bus.publish(
+                    ServerCallAsked(key, call)
+                )
+                session.on_panel = lambda values, key=key: self.bus.publish(
+                    PanelUpdated(key, values)
+                )
                 self.sessions[key] = session
                 task = asyncio.create_task(self._connect(session), name=f"connect-{key}")
                 self._background.add(task)
@@ -175,6 +189,8 @@ class Registry:
         """The session called ``name`` (key, key prefix, label or namespace), or the only one."""
         sessions = list(self.sessions.values())
         if not name:
+            # an extension's process serves its tools, not the agent's code: only by name
+            sessions = [s for s in sessions if s.info.started_by != "extension"]
             if len(sessions) == 1:
                 return sessions[0]
             if not sessions:

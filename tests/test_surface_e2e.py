@@ -226,3 +226,16 @@ async def test_silent_code_and_a_silent_gate_tool_send_heartbeats(surf, monkeypa
     assert [p for p, _ in ex_beats] == sorted({p for p, _ in ex_beats})
     assert text_of(tool) == "done"
     assert any("still running" in m for _, m in beats)
+
+
+async def test_the_builtin_tools_list_costs_at_most_4_kb() -> None:
+    # no session served: the built-in tools only, as the client receives them
+    async with stdio_client(cache=None) as client:
+        listing = await client.list_tools()
+    builtin = {"ex", "check_eval", "cancel_eval", "list_jobs", "list_sessions", "history"}
+    builtin |= {"usage_instructions", "start_session", "manage_repl", "set_option"}
+    builtin |= {"set_session_info", "read_block", "export_notebook"}
+    listing.tools = [t for t in listing.tools if t.name in builtin]  # a live session's aside
+    assert len(listing.tools) == len(builtin)
+    size = len(listing.model_dump_json(by_alias=True, exclude_none=True).encode())
+    assert size <= 4000, f"tools/list is {size} bytes"

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import PersonKernel, stdio_client, text_of
 from mcp.types import BlobResourceContents, ImageContent, ResourceLink, TextContent
@@ -59,8 +60,6 @@ async def tools_of(client: Any, expect: str | None = None) -> dict[str, Any]:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         if expect is None or expect in tools:
             return tools
-        import anyio
-
         await anyio.sleep(0.05)
     raise AssertionError(f"{expect} never listed")
 
@@ -239,3 +238,14 @@ async def test_the_builtin_tools_list_costs_at_most_4_kb() -> None:
     assert len(listing.tools) == len(builtin)
     size = len(listing.model_dump_json(by_alias=True, exclude_none=True).encode())
     assert size <= 4000, f"tools/list is {size} bytes"
+
+
+async def test_a_session_that_comes_announces_resources_list_changed(make_person) -> None:
+    async with stdio_client(cache=None) as client:
+        async with client.listen(resources_list_changed=True) as events:
+            newcomer = make_person("--label newcomer")
+            with anyio.fail_after(15):
+                async for _event in events:
+                    listed = {str(r.uri) for r in (await client.list_resources()).resources}
+                    if f"kaimon://session/{newcomer.key}" in listed:
+                        break

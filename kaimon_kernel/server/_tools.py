@@ -87,7 +87,7 @@ def add_exec_tools(
 
     @mcp.tool(annotations=ToolAnnotations(open_world_hint=True))
     async def ex(
-        code: Annotated[str, Field(description="Python code")],
+        code: str,
         ctx: Context,
         session: Annotated[str | None, Field(description="key, label or namespace")] = None,
         quiet: Annotated[bool, Field(description="drop the last value")] = False,

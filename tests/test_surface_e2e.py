@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import PersonKernel, stdio_client, text_of
 from mcp.types import BlobResourceContents, ImageContent, ResourceLink, TextContent
@@ -59,8 +60,6 @@ async def tools_of(client: Any, expect: str | None = None) -> dict[str, Any]:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         if expect is None or expect in tools:
             return tools
-        import anyio
-
         await anyio.sleep(0.05)
     raise AssertionError(f"{expect} never listed")
 
@@ -226,3 +225,27 @@ async def test_silent_code_and_a_silent_gate_tool_send_heartbeats(surf, monkeypa
     assert [p for p, _ in ex_beats] == sorted({p for p, _ in ex_beats})
     assert text_of(tool) == "done"
     assert any("still running" in m for _, m in beats)
+
+
+async def test_the_builtin_tools_list_costs_at_most_4_kb() -> None:
+    # no session served: the built-in tools only, as the client receives them
+    async with stdio_client(cache=None) as client:
+        listing = await client.list_tools()
+    builtin = {"ex", "check_eval", "cancel_eval", "list_jobs", "list_sessions", "history"}
+    builtin |= {"usage_instructions", "start_session", "manage_repl", "set_option"}
+    builtin |= {"set_session_info", "read_block", "export_notebook"}
+    listing.tools = [t for t in listing.tools if t.name in builtin]  # a live session's aside
+    assert len(listing.tools) == len(builtin)
+    size = len(listing.model_dump_json(by_alias=True, exclude_none=True).encode())
+    assert size <= 4000, f"tools/list is {size} bytes"
+
+
+async def test_a_session_that_comes_announces_resources_list_changed(make_person) -> None:
+    async with stdio_client(cache=None) as client:
+        async with client.listen(resources_list_changed=True) as events:
+            newcomer = make_person("--label newcomer")
+            with anyio.fail_after(15):
+                async for _event in events:
+                    listed = {str(r.uri) for r in (await client.list_resources()).resources}
+                    if f"kaimon://session/{newcomer.key}" in listed:
+                        break

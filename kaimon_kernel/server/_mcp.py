@@ -18,7 +18,11 @@ from typing import Any
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp.types import CallToolResult, ContentBlock, TextContent
 from mcp.types import Resource as MCPResource
 from mcp.types import Tool as MCPTool
@@ -72,6 +76,7 @@ class KaimonMCP(MCPServer):
         self._pending: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
         kaimon.bus.subscribe(self._tools_maybe_changed, ToolsChanged, SessionCame, SessionWent)
+        kaimon.bus.subscribe(self._sessions_changed, SessionCame, SessionWent)
 
     # -- middleware ----------------------------------------------------------------------------
 
@@ -81,10 +86,12 @@ class KaimonMCP(MCPServer):
         if method == "initialize" and isinstance(result, dict):
             # Clients of the handshake era learn of list_changed from this capability; gate
             # tools come and go, so announce it.
-            tools = result.get("capabilities", {}).get("tools")
-            if isinstance(tools, dict):
-                tools["listChanged"] = True
-        elif method in ("tools/list", "tools/call"):
+            # The same for resources: the sessions are resources.
+            for kind in ("tools", "resources"):
+                capability = result.get("capabilities", {}).get(kind)
+                if isinstance(capability, dict):
+                    capability["listChanged"] = True
+        elif method in ("tools/list", "tools/call", "resources/list", "resources/read"):
             if getattr(ctx, "protocol_version", MODERN_PROTOCOL) != MODERN_PROTOCOL:
                 self._legacy_sessions.add(ctx.session)
         return result
@@ -186,7 +193,7 @@ class KaimonMCP(MCPServer):
                 await beat.report(update.message, update.progress, update.total)
         raise AssertionError("a tool call ends with its result")
 
-    # -- tools/list_changed ------------------------------------------------------------------
+    # -- tools/list_changed, resources/list_changed ------------------------------------------
 
     def _tools_maybe_changed(self, _event: object) -> None:
         fingerprint = tuple(
@@ -198,15 +205,25 @@ class KaimonMCP(MCPServer):
         if fingerprint == self._fingerprint:
             return
         self._fingerprint = fingerprint
-        task = asyncio.get_running_loop().create_task(self._announce())
+        self._spawn(self._announce(tools=True))
+
+    def _sessions_changed(self, _event: object) -> None:
+        self._spawn(self._announce(tools=False))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _announce(self) -> None:
-        await self._bus.publish(ToolsListChanged())
+    async def _announce(self, *, tools: bool) -> None:
+        """tools/list_changed (``tools``) or resources/list_changed, to every client."""
+        await self._bus.publish(ToolsListChanged() if tools else ResourcesListChanged())
         for session in list(self._legacy_sessions):
             try:
-                await session.send_tool_list_changed()
+                if tools:
+                    await session.send_tool_list_changed()
+                else:
+                    await session.send_resource_list_changed()
             except Exception:  # that client is gone
                 self._legacy_sessions.discard(session)
 

@@ -95,10 +95,10 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     @mcp.tool(annotations=changes(destructive=False))
     async def start_session(
         permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
-        project_path: Annotated[str | None, Field(description="omit to list them")] = None,
+        project_path: str | None = None,
         name: Annotated[str | None, Field(description="label")] = None,
     ) -> CallToolResult:
-        """Start a kernel in an allowed project."""
+        """Start a kernel in an allowed project (no project_path: list them)."""
         try:
             roots = allowed_roots(kaimon.options.cwd)
             listing = _roots_listing(kaimon, roots)

@@ -14,7 +14,7 @@ from pydantic import Field
 from .._settings import ImagesSetting
 from ._core import JOB_STATUS, Kaimon, TrackedEval
 from ._execution import Execution
-from ._heartbeat import Heartbeat
+from ._heartbeat import HEARTBEAT, Heartbeat
 from ._instructions import USAGE, watched
 from ._jobs import Job
 from ._kernel import KernelSession
@@ -82,12 +82,12 @@ def add_exec_tools(
     mcp: MCPServer,
     kaimon: Kaimon,
     image_setting: ImagesSetting | None = None,
-    heartbeat: float = 5.0,
+    heartbeat: float = HEARTBEAT,
 ) -> None:
 
     @mcp.tool(annotations=ToolAnnotations(open_world_hint=True))
     async def ex(
-        code: Annotated[str, Field(description="Python code")],
+        code: str,
         ctx: Context,
         session: Annotated[str | None, Field(description="key, label or namespace")] = None,
         quiet: Annotated[bool, Field(description="drop the last value")] = False,

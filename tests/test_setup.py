@@ -248,6 +248,21 @@ def test_list_says_where_kaimon_is_set_up(home: Path, capsys: pytest.CaptureFixt
     assert kaimon_command()[0] in lines[1]
 
 
+def test_an_older_local_claude_entry_is_listed_and_named_as_taking_precedence(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = {"type": "stdio", "command": "kaimon", "args": ["serve"], "env": {}}
+    projects = {str(Path.cwd()): {"mcpServers": {"kaimon": local}}}
+    (home / ".claude.json").write_text(json.dumps({"projects": projects}))
+    code, out = setup("claude", capsys=capsys)
+    assert code == 0
+    assert "local-scope 'kaimon' for this project" in out
+    assert "claude mcp remove kaimon --scope local" in out
+    listed = setup("--list", capsys=capsys)[1].splitlines()
+    assert listed[1] == "claude    local    ~/.claude.json (this project): kaimon serve"
+    assert json.loads((home / ".claude.json").read_text())["projects"] == projects
+
+
 def test_instructions_section_is_added_once_and_replaced_in_place(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -519,7 +519,33 @@ def setup_client(
     )
     verb = "updated" if current is not None else "added"
     return SetupResult(
-        client, scope, path, True, f"{where}: {verb} {server_name!r} {how}: {what}{env}"
+        client,
+        scope,
+        path,
+        True,
+        f"{where}: {verb} {server_name!r} {how}: {what}{env}"
+        + _shadowed(client, project, server_name),
+    )
+
+
+def _claude_local(project: Path, name: str) -> Any:
+    """Claude Code's local-scope entry for ``project`` (kept in ~/.claude.json per project)."""
+    path = CLIENTS["claude"].file("user", project)
+    try:
+        projects = (_load(path, "json") or {}).get("projects")
+    except KaimonError:
+        return None
+    own = projects.get(str(project)) if isinstance(projects, dict) else None
+    servers = own.get("mcpServers") if isinstance(own, dict) else None
+    return servers.get(name) if isinstance(servers, dict) else None
+
+
+def _shadowed(client: Client, project: Path, name: str) -> str:
+    if client.name != "claude" or _claude_local(project, name) is None:
+        return ""
+    return (
+        f"\nnote: a local-scope {name!r} for this project (from an earlier `claude mcp add`) "
+        f"takes precedence here; remove it with `claude mcp remove {name} --scope local`"
     )
 
 
@@ -537,6 +563,9 @@ def configured(server_name: str = "kaimon", project: Path | None = None) -> list
                 continue
             if entry is not None:
                 lines.append(f"{client.name:9} {scope:8} {_tilde(path)}: {_describe(entry)}")
+        if client.name == "claude" and (local := _claude_local(project, server_name)):
+            where = f"{_tilde(client.file('user', project))} (this project)"
+            lines.append(f"{client.name:9} {'local':8} {where}: {_describe(local)}")
     return lines
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import text_of
 from mcp import Client, StdioServerParameters
@@ -29,14 +30,18 @@ def stripped_env(home: Path) -> dict[str, str]:
     return env
 
 
+async def sessions_of(client: Client) -> tuple[list[str], str]:
+    result = await client.call_tool("list_sessions", {})
+    usage = text_of(await client.call_tool("usage_instructions", {}))
+    keys = [row["key"] for row in result.structured_content["sessions"]]
+    return keys, text_of(result) + "\n" + usage
+
+
 async def sessions_seen(env: dict[str, str]) -> tuple[list[str], str]:
     params = StdioServerParameters(command=sys.executable, args=["-m", "kaimon_kernel", "serve"])
     params.env = env
     async with Client(params, read_timeout_seconds=120) as client:
-        result = await client.call_tool("list_sessions", {})
-        usage = text_of(await client.call_tool("usage_instructions", {}))
-    keys = [row["key"] for row in result.structured_content["sessions"]]
-    return keys, text_of(result) + "\n" + usage
+        return await sessions_of(client)
 
 
 async def test_a_kernel_in_another_runtime_dir_is_found_once_kaimon_json_lists_it(
@@ -64,10 +69,19 @@ async def test_a_kernel_in_another_runtime_dir_is_found_once_kaimon_json_lists_i
     Path(config).parent.mkdir(parents=True, exist_ok=True)
     Path(config).write_text(json.dumps({"runtime_dirs": [str(elsewhere)]}))
 
-    keys, text = await sessions_seen(env)
-    assert keys == [person.key]
-    assert f"{elsewhere / 'kaimon'}" in text
-    assert text.count("Kernels are found in") == 2  # list_sessions and usage_instructions
+    params = StdioServerParameters(command=sys.executable, args=["-m", "kaimon_kernel", "serve"])
+    params.env = env
+    async with Client(params, read_timeout_seconds=120) as client:
+        keys, text = await sessions_of(client)
+        assert keys == [person.key]
+        assert f"{elsewhere / 'kaimon'}" in text
+        assert text.count("Kernels are found in") == 2  # list_sessions and usage_instructions
+
+        # served while the server runs: the extra dir is watched, not only read at start
+        later = make_person("--label later", env={"JUPYTER_RUNTIME_DIR": str(elsewhere)})
+        with anyio.fail_after(30):
+            while later.key not in (await sessions_of(client))[0]:
+                await anyio.sleep(0.1)
 
 
 def test_runtime_dirs_come_from_the_environment_too_and_must_be_absolute(

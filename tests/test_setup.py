@@ -21,7 +21,12 @@ from kaimon_kernel.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 NPM_PREFIX = REPO / ".ci" / "npm"  # where .ci/run installs the clients' CLIs
-NPM_PACKAGES = {"claude": "@anthropic-ai/claude-code", "codex": "@openai/codex"}
+NPM_PACKAGES = {
+    "claude": "@anthropic-ai/claude-code",
+    "codex": "@openai/codex",
+    "gemini": "@google/gemini-cli",
+    "opencode": "opencode-ai",
+}
 
 
 @pytest.fixture
@@ -243,6 +248,21 @@ def test_list_says_where_kaimon_is_set_up(home: Path, capsys: pytest.CaptureFixt
     assert kaimon_command()[0] in lines[1]
 
 
+def test_an_older_local_claude_entry_is_listed_and_named_as_taking_precedence(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = {"type": "stdio", "command": "kaimon", "args": ["serve"], "env": {}}
+    projects = {str(Path.cwd()): {"mcpServers": {"kaimon": local}}}
+    (home / ".claude.json").write_text(json.dumps({"projects": projects}))
+    code, out = setup("claude", capsys=capsys)
+    assert code == 0
+    assert "local-scope 'kaimon' for this project" in out
+    assert "claude mcp remove kaimon --scope local" in out
+    listed = setup("--list", capsys=capsys)[1].splitlines()
+    assert listed[1] == "claude    local    ~/.claude.json (this project): kaimon serve"
+    assert json.loads((home / ".claude.json").read_text())["projects"] == projects
+
+
 def test_instructions_section_is_added_once_and_replaced_in_place(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -385,6 +405,28 @@ def test_codex_accepts_the_stdio_and_the_http_entries(cli_home: Any) -> None:
     assert got["transport"]["http_headers"] == {"Authorization": f"Bearer {load_or_create_token()}"}
     listed = run(codex, codex, "mcp", "list", "--json")
     assert [s["name"] for s in json.loads(listed.stdout)] == ["kaimon"]
+
+
+def test_gemini_cli_reports_the_stdio_server_connected(cli_home: Any) -> None:
+    home, run = cli_home
+    gemini = client_cli("gemini")
+    assert run(gemini, *kaimon("setup", "gemini")).returncode == 0
+    # Gemini CLI suppresses user-level servers in folders the person has not trusted
+    project = Path(run(gemini, "pwd").stdout.strip())
+    trusted = home / ".gemini" / "trustedFolders.json"
+    trusted.write_text(json.dumps({str(project): "TRUST_FOLDER"}))
+    listed = run(gemini, gemini, "mcp", "list")
+    said = listed.stdout + listed.stderr  # it lists on stderr
+    assert f"kaimon: {kaimon_command()[0]} serve (stdio) - Connected" in said, said
+
+
+def test_opencode_reports_the_stdio_server_connected(cli_home: Any) -> None:
+    _, run = cli_home
+    opencode = client_cli("opencode")
+    assert run(opencode, *kaimon("setup", "opencode")).returncode == 0
+    listed = run(opencode, opencode, "mcp", "list")
+    line = next(ln for ln in listed.stdout.splitlines() if "kaimon" in ln)
+    assert "connected" in line, listed.stdout + listed.stderr
 
 
 def test_the_kaimon_command_is_this_installs_absolute_script() -> None:

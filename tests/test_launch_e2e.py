@@ -495,3 +495,38 @@ async def test_a_session_of_another_machine_never_has_a_local_process_signalled(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+async def test_kaimon_serve_itself_under_bubblewrap_runs_kernels_without_network(
+    tmp_path: Path,
+) -> None:
+    why = _bwrap_unusable()
+    if why:
+        pytest.skip(why)
+    from mcp import Client, StdioServerParameters
+
+    dirs = [os.environ[v] for v in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "IPYTHONDIR")]
+    binds = [a for d in [*dirs, str(tmp_path)] for a in ("--bind", d, d)]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    # as the README says (there with the `kaimon` script; here this test's Python)
+    params = StdioServerParameters(
+        command="bwrap",
+        args=[*SANDBOX[1:10], *binds, sys.executable, "-m", "kaimon_kernel", "serve"],
+        env=dict(os.environ),
+        cwd=str(tmp_path),
+    )
+    code = (
+        "import socket\n"
+        f"err = socket.socket().connect_ex(('127.0.0.1', {port}))\n"
+        "open('made-here.txt', 'w').write('ok')\n"
+        "err"
+    )
+    try:
+        async with Client(params, read_timeout_seconds=120) as client:
+            ran = await client.call_tool("ex", {"code": code})  # auto-starts a kernel
+    finally:
+        listener.close()
+    assert not ran.is_error, text_of(ran)
+    assert text_of(ran).strip() != "0"  # connect_ex: an errno, never a connection
+    assert (tmp_path / "made-here.txt").read_text() == "ok"

@@ -173,6 +173,16 @@ def test_a_launcher_that_cannot_work_is_refused_saying_why(launcher: list[str], 
     assert said in str(err.value)
 
 
+async def test_a_launcher_that_cannot_run_is_an_error_the_agent_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", '["no-such-launcher-xyz", "--flag"]')
+    async with stdio_client("--no-auto-start", cwd=tmp_path) as client:
+        started = await client.call_tool("start_session", {"project_path": str(tmp_path)})
+    assert started.is_error
+    assert "'no-such-launcher-xyz' is not an executable found on PATH" in text_of(started)
+
+
 def test_the_launcher_setting_comes_from_kaimon_json_or_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,16 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from conftest import DEADLINE, PersonKernel, sessions_dir, stdio_client, text_of, wait_until
+from conftest import (
+    DEADLINE,
+    JupyterServer,
+    PersonKernel,
+    free_port,
+    sessions_dir,
+    stdio_client,
+    text_of,
+    wait_until,
+)
 from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
@@ -543,3 +552,77 @@ async def test_kaimon_serve_itself_under_bubblewrap_runs_kernels_without_network
     assert not ran.is_error, text_of(ran)
     assert text_of(ran).strip() != "0"  # connect_ex: an errno, never a connection
     assert (tmp_path / "made-here.txt").read_text() == "ok"
+
+
+class CurveJupyterServer(JupyterServer):
+    """A real Jupyter server that provisions CurveZMQ keys for kernelspecs declaring them."""
+
+    def __init__(self, root: Path) -> None:
+        self.log = root / "jupyter_server.log"
+        self.port = free_port()
+        self.token = "jstoken0123456789"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                f"--port={self.port}",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.ip=127.0.0.1",
+                "--allow-root",
+                "--KernelManager.transport_encryption=auto",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "the Jupyter server")
+
+
+async def test_a_kernel_a_jupyter_server_gave_curve_keys_is_served_and_reached_encrypted(
+    tmp_path: Path,
+) -> None:
+    spec = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "curvy"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (curve)",
+                "language": "python",
+                "metadata": {"supported_encryption": ["curve"]},
+            }
+        )
+    )
+    server = CurveJupyterServer(tmp_path)
+    try:
+        kernel = server.api("POST", "/api/kernels", {"name": "curvy"})  # returns once it answers
+        connection = _runtime_dir() / f"kernel-{kernel['id']}.json"
+        info = connection_info(connection)
+        assert info["curve_publickey"], info.keys()
+        person = BlockingKernelClient(connection_file=str(connection))
+        person.load_connection_file()
+        person.start_channels()
+        try:
+            reply = person.execute_interactive(
+                "%load_ext kaimon_kernel\n%kaimon serve --label lab", timeout=DEADLINE
+            )
+            assert reply["content"]["status"] == "ok"
+            async with stdio_client() as client:
+                answer = await client.call_tool("ex", {"code": "6*7", "session": "lab"})
+            assert text_of(answer).strip() == "42"
+            assert_deaf(info)
+            # the Jupyter server itself still hears its kernel
+            wait_until(
+                lambda: (
+                    server.api("GET", f"/api/kernels/{kernel['id']}")["execution_state"] == "idle"
+                ),
+                what="the Jupyter server to see its kernel idle",
+            )
+        finally:
+            person.stop_channels()
+            server.api("DELETE", f"/api/kernels/{kernel['id']}")
+    finally:
+        server.stop()

@@ -626,3 +626,4 @@ async def test_a_kernel_a_jupyter_server_gave_curve_keys_is_served_and_reached_e
             server.api("DELETE", f"/api/kernels/{kernel['id']}")
     finally:
         server.stop()
+        shutil.rmtree(spec)

@@ -276,7 +276,7 @@ except OSError as err:
     print("outside: refused", err.strerror)
 """
     try:
-        async with stdio_client("--promote-after", "2", cwd=tmp_path) as client:
+        async with stdio_client("--promote-after", "5", cwd=tmp_path) as client:
             started = await client.call_tool("start_session", {"project_path": str(project)})
             assert not started.is_error, text_of(started)
             key = started.structured_content["key"]

@@ -192,6 +192,17 @@ async def test_a_launcher_that_cannot_run_is_an_error_the_agent_reads(
     assert "'no-such-launcher-xyz' is not an executable found on PATH" in text_of(started)
 
 
+def test_a_runtime_dir_too_long_for_ipc_sockets_is_refused_saying_what_to_do() -> None:
+    from kaimon_kernel.server.providers._local import _endpoints
+
+    assert _endpoints(Path("/r"), "k1", sandboxed=True) == {
+        "transport": "ipc",
+        "ip": "/r/kaimon-ipc-k1",
+    }
+    with pytest.raises(KaimonError, match="set JUPYTER_RUNTIME_DIR to a shorter one"):
+        _endpoints(Path("/" + "d" * 100), "k1", sandboxed=True)
+
+
 def test_the_launcher_setting_comes_from_kaimon_json_or_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

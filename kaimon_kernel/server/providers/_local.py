@@ -313,7 +313,7 @@ class LocalProvider:
         encrypt = zmq.has("curve") and CURVE_MANAGER and await supports_curve(python)
         manager = _KaimonKernelManager(
             connection_file=str(runtime / f"kernel-kaimon-{key}.json"),
-            transport_encryption="required" if encrypt else "disabled",
+            **({"transport_encryption": "required"} if encrypt else {}),
             **_endpoints(runtime, key, sandboxed=bool(prefix)),
         )
         manager.spec = KernelSpec(

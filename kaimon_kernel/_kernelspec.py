@@ -32,7 +32,8 @@ def get_kernel_dict(executable: str | None = None) -> dict[str, Any]:
         "display_name": "Python 3 (Kaimon)",
         "language": "python",
         "env": {"KAIMON_AUTOSERVE": "1"},
-        "metadata": {"debugger": True},
+        # A Jupyter Server run with KernelManager.transport_encryption=auto gives it CurveZMQ keys.
+        "metadata": {"debugger": True, "supported_encryption": ["curve"]},
     }
 
 

@@ -22,8 +22,6 @@ from typing import Any, Literal, Protocol
 import zmq
 from jupyter_client.blocking import BlockingKernelClient
 
-from .._errors import KaimonError
-
 __all__ = ["Channel", "Transport", "ZmqTransport"]
 
 logger = logging.getLogger(__name__)
@@ -36,9 +34,6 @@ SWEEP_INTERVAL = 5.0
 #: wake-up cost the server ~0.3 ms of CPU, which on two cores the person's cell paid for.
 #: Anything the server sends ends the wait at once.
 IDLE_LINGER = 0.05
-#: Whether this jupyter_client's clients read CurveZMQ keys (8.10+): an older one would
-#: connect in plain text to a kernel that then never answers.
-CURVE_CLIENT = BlockingKernelClient.class_traits().get("curve_publickey") is not None
 
 
 class Transport(Protocol):
@@ -107,11 +102,6 @@ class ZmqTransport:
         # one ZMQ context (one I/O thread) for every kernel; closing a session never waits
         # for a context of its own to be destroyed
         self._client = BlockingKernelClient(context=zmq.Context.instance())
-        if connection_info.get("curve_publickey") and not CURVE_CLIENT:
-            raise KaimonError(
-                "the kernel's connection file carries CurveZMQ keys, which this "
-                "jupyter_client cannot use: pip install 'jupyter_client>=8.10'"
-            )
         self._client.load_connection_info(connection_info)
         self._sockets: dict[Channel, zmq.Socket[Any]] = {}
         self._fds: dict[Channel, int] = {}

@@ -37,7 +37,7 @@ from ..._paths import resume_file_for, sessions_dir, write_private
 from ..._protocol import ProcessIdentity, SessionInfo
 from ..._settings import LaunchSettings, load_settings
 from .._launcher import kernel_prefix, supports_curve
-from .._transport import CURVE_CLIENT, ZmqTransport
+from .._transport import ZmqTransport
 from ._base import LaunchRequest
 
 __all__ = ["LocalProvider", "ProcessIdentity", "pid_alive", "reap_orphans", "session_dirs"]
@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 GATE_EXTENSION = "--ext=kaimon_kernel"
 ALIVE_REUSE = 0.5  # seconds a "the kernel runs" answer is reused on the hot path
 SSH_TIMEOUT = 20.0  # seconds to open the tunnels to a kernel on another machine
-#: Whether this jupyter_client's kernel manager provisions CurveZMQ keys (8.10+).
-CURVE_MANAGER = CURVE_CLIENT and "transport_encryption" in AsyncKernelManager.class_traits()
 IPC_PATH_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
 
 
@@ -310,7 +308,7 @@ class LocalProvider:
             load_settings().kernel_launcher, project=request.cwd, runtime_dir=str(runtime)
         )
         # CurveZMQ keys in the connection file, where this ipykernel reads them
-        encrypt = zmq.has("curve") and CURVE_MANAGER and await supports_curve(python)
+        encrypt = zmq.has("curve") and await supports_curve(python)
         manager = _KaimonKernelManager(
             connection_file=str(runtime / f"kernel-kaimon-{key}.json"),
             **({"transport_encryption": "required"} if encrypt else {}),

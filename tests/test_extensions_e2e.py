@@ -258,6 +258,9 @@ async def test_agent_calls_an_extension_tool_and_manages_the_extension(home: Pat
     assert kaimon("extensions", "add", str(root))[0] == 0
     async with stdio_client("--no-auto-start") as client:
         await until(lambda: _has(client, "notes_search"), "notes_search to be listed")
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        assert listed["extension_info"].annotations.read_only_hint is True
+        assert listed["manage_extension"].annotations.destructive_hint is False
         result = await client.call_tool("notes_search", {"query": "ph"})
         assert not result.is_error, text_of(result)
         hits = result.structured_content["result"]

@@ -17,8 +17,19 @@ from ..extensions._registry import Extension, RegistryError
 from ..extensions._supervisor import ExtensionStatus
 from ._core import Kaimon
 from ._results import text_result
+from ._surface import READ_ONLY, changes
 
-__all__ = ["add_extension_tools"]
+__all__ = ["EXTENSION_TOOLS", "add_extension_tools", "extension_tools_listed"]
+
+EXTENSION_TOOLS = frozenset({"extension_info", "manage_extension"})
+
+
+def extension_tools_listed() -> bool:
+    """Whether the extension tools are worth their place in tools/list: an extension is
+    registered (or the registry has a problem to report). They stay callable either way; an
+    extension that comes is a session that comes, which re-lists the tools."""
+    registry = Registry()
+    return bool(registry.entries or registry.problem)
 
 
 def _uptime(status: ExtensionStatus | None) -> float | None:
@@ -44,7 +55,7 @@ def _summary(kaimon: Kaimon, ext: Extension, status: ExtensionStatus | None) -> 
 
 
 def add_extension_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
-    @mcp.tool()
+    @mcp.tool(annotations=READ_ONLY)
     async def extension_info(
         name: Annotated[
             str | None, Field(description="an extension's name; omit to list them all")
@@ -121,7 +132,7 @@ def add_extension_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         ]
         return text_result("\n".join(line for line in lines if line), structured=info)
 
-    @mcp.tool()
+    @mcp.tool(annotations=changes(destructive=False, idempotent=True))
     async def manage_extension(
         name: Annotated[str, Field(description="the extension's name (see extension_info)")],
         action: Annotated[Literal["start", "stop", "restart", "enable", "disable"], Field()],

@@ -36,7 +36,7 @@ from ._block_tools import add_block_tools
 from ._callback import add_server_calls
 from ._core import GateToolRef, Kaimon
 from ._events import SessionCame, SessionWent, ToolsChanged
-from ._extension_tools import add_extension_tools
+from ._extension_tools import EXTENSION_TOOLS, add_extension_tools, extension_tools_listed
 from ._heartbeat import Heartbeat
 from ._instructions import INSTRUCTIONS, add_prompts
 from ._resources import add_resources, listed_resources
@@ -103,6 +103,8 @@ class KaimonMCP(MCPServer):
         allows = self.tool_filter.allows
         every = await super().list_tools()
         taken = {t.name for t in every}
+        if not extension_tools_listed():
+            every = [t for t in every if t.name not in EXTENSION_TOOLS]
         builtin = [
             t.model_copy(
                 update={

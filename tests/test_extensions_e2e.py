@@ -546,3 +546,18 @@ def test_add_refuses_an_unknown_event_topic(home: Path) -> None:
     code, out = kaimon("extensions", "add", str(root))
     assert code == 2 and "event_topics: unknown topic 'breakpoint_hit'" in out, out
     assert "eval_finished" in out
+
+
+async def test_breaking_the_registry_by_hand_leaves_running_extensions_alone(home: Path) -> None:
+    assert kaimon("extensions", "add", str(notes_project(home)))[0] == 0
+    registry = Path(os.environ["JUPYTER_CONFIG_DIR"]) / "kaimon" / "extensions.json"
+    async with stdio_client("--no-auto-start") as client:
+        await until(lambda: status("notes").get("state") == "running", "the extension")
+        pid = status("notes")["pid"]
+        registry.write_text(registry.read_text()[:-5])  # a hand edit gone wrong
+        result = await client.call_tool("extension_info", {})
+        assert "is broken" in result.structured_content["problem"]
+        await asyncio.sleep(1.0)  # the scenario: the supervisor reads the file meanwhile
+        assert status("notes")["state"] == "running" and status("notes")["pid"] == pid
+        result = await client.call_tool("notes_list", {})
+        assert result.structured_content["result"] == ["buffers.md", "cells.txt"]

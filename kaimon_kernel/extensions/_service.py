@@ -130,8 +130,11 @@ class Supervisor:
         await asyncio.to_thread(reap_orphans)
         self._write_state()
         while True:
-            self._follow_registry()
-            self._take_requests()
+            try:
+                self._follow_registry()
+                self._take_requests()
+            except Exception:  # supervision must go on; the next round tries again
+                logger.exception("supervising extensions failed")
             await asyncio.sleep(WORK_POLL)
 
     async def close(self) -> None:
@@ -157,7 +160,9 @@ class Supervisor:
             return
         self._registry_stamp = stamp
         if registry.problem:
+            # a file being fixed by hand: report it, leave running extensions alone
             logger.warning("%s", registry.problem)
+            return
         self.catalog = {e.entry.project_path: e for e in extensions(registry)}
         for path_key, runner in list(self.runners.items()):
             ext = self.catalog.get(path_key)

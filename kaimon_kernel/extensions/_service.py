@@ -27,7 +27,7 @@ from .._paths import sessions_dir, write_private
 from .._protocol import ProcessIdentity
 from ._forward import EventForwarder
 from ._process import KernelProcess, reap_orphans
-from ._registry import Extension, Registry, extensions
+from ._registry import Extension, Registry, extensions, registry_stamp
 from ._supervisor import DEFAULT_BACKOFF, ExtensionProcess, ExtensionStatus, Runner
 
 if TYPE_CHECKING:
@@ -149,16 +149,11 @@ class Supervisor:
     # -- the registry ------------------------------------------------------------------------
 
     def _follow_registry(self) -> None:
-        registry = Registry()
-        path = registry.path
-        try:
-            stat = path.stat()
-            stamp: object = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
+        stamp = registry_stamp()
         if stamp == self._registry_stamp and self._registry_stamp is not None:
             return
         self._registry_stamp = stamp
+        registry = Registry()
         if registry.problem:
             # a file being fixed by hand: report it, leave running extensions alone
             logger.warning("%s", registry.problem)

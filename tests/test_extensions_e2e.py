@@ -561,3 +561,29 @@ async def test_breaking_the_registry_by_hand_leaves_running_extensions_alone(hom
         assert status("notes")["state"] == "running" and status("notes")["pid"] == pid
         result = await client.call_tool("notes_list", {})
         assert result.structured_content["result"] == ["buffers.md", "cells.txt"]
+
+
+async def test_when_the_supervising_server_exits_cleanly_another_takes_over(
+    home: Path, background_server: Any
+) -> None:
+    mark = home / "shutdown-mark"
+    root = notes_project(home, mark)
+    assert kaimon("extensions", "add", str(root))[0] == 0
+    first = background_server()
+    await until(lambda: (state() or {}).get("supervisor", {}).get("pid") == first.pid, "lock")
+    await until(lambda: status("notes").get("state") == "running", "the extension")
+    second = background_server()
+    old_pid = status("notes")["pid"]
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    assert mark.read_text() == "notes_ext shut down\n"  # it stopped its extension properly
+    await until(
+        lambda: (
+            (state() or {}).get("supervisor", {}).get("pid") == second.pid
+            and status("notes").get("state") == "running"
+        ),
+        "the second server to take over",
+        timeout=30,
+    )
+    assert status("notes")["pid"] != old_pid
+    assert extension_processes(root) == [status("notes")["pid"]]

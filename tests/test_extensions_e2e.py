@@ -587,3 +587,22 @@ async def test_when_the_supervising_server_exits_cleanly_another_takes_over(
     )
     assert status("notes")["pid"] != old_pid
     assert extension_processes(root) == [status("notes")["pid"]]
+
+
+async def test_two_extensions_with_one_namespace_get_their_names_tools(home: Path) -> None:
+    first = notes_project(home)
+    second = home / "notes_ext_copy"
+    shutil.copytree(first, second)
+    for root in (first, second):
+        code, out = kaimon("extensions", "add", str(root))
+        assert code == 0, out
+    assert "registered extension notes_2" in out and "notes_2_search" in out
+    async with stdio_client("--no-auto-start") as client:
+        await until(lambda: _has(client, "notes_2_search"), "the second extension's tools")
+        assert await _has(client, "notes_search")
+        info = (await client.call_tool("extension_info", {})).structured_content
+        tools = {row["name"]: sorted(row["tools"]) for row in info["extensions"]}
+        assert tools == {
+            "notes": ["notes_list", "notes_search"],
+            "notes_2": ["notes_2_list", "notes_2_search"],
+        }

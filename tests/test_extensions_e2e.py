@@ -321,6 +321,8 @@ if not MARK.exists():
     raise RuntimeError("first start fails: the instrument is warming up")
 
 def ping() -> str:
+    import sys
+    print("flaky: the instrument answered", file=sys.stderr)
     return "pong"
 
 def create_tools():
@@ -342,6 +344,7 @@ async def test_a_crashed_extension_is_restarted_with_backoff_and_its_errors_kept
         assert "exited with code 3 before serving its tools" in detail["errors"]
         assert "first start fails: the instrument is warming up" in detail["errors"]
         await until(lambda: _has(client, "flaky_ping"), "flaky_ping")
+        assert text_of(await client.call_tool("flaky_ping", {})) == "pong"
 
         pid = status("flaky")["pid"]
         os.kill(pid, signal.SIGKILL)
@@ -353,6 +356,7 @@ async def test_a_crashed_extension_is_restarted_with_backoff_and_its_errors_kept
         )
         detail = (await client.call_tool("extension_info", {"name": "flaky"})).structured_content
         assert "was killed by SIGKILL" in detail["errors"]
+        assert "flaky: the instrument answered" in detail["errors"]  # its stderr's tail
         assert detail["pid"] != pid
         await until(lambda: _has(client, "flaky_ping"), "flaky_ping after the restart")
         result = await client.call_tool("flaky_ping", {})

@@ -468,7 +468,7 @@ async def test_two_servers_run_one_copy_and_another_takes_over_when_it_dies(
         await until(lambda: _has(client, "notes_search"), "notes_search after the takeover")
         result = await client.call_tool("notes_search", {"query": "tris"})
         assert not result.is_error, text_of(result)
-    assert took_over < 10, took_over
+    assert took_over < 15, took_over
 
 
 async def test_an_extension_and_a_session_sharing_a_namespace_both_keep_their_tools(

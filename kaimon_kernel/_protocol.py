@@ -9,7 +9,9 @@ the gate answers each one with a :class:`Reply` carrying that id as ``request_id
 one where there is something to say, else :class:`Ack`; ``ok=False`` plus ``error`` when it
 could not do it). :class:`CallTool` is answered by its :class:`ToolResult` (``call_id`` is the
 request's id), with :class:`ToolProgress` before it. Gate → server events (tools, session
-info, evaluation updates) need no answer.
+info, evaluation updates, :class:`PanelUpdate`) need no answer. The one gate → server request,
+:class:`ServerCall` (a kernel calling the server's tools), is answered by a
+:class:`ServerCallResult` carrying its ``call_id``.
 
 Versions: ``major.minor`` plus a list of features. A peer of another minor version works:
 unknown fields are ignored, an unknown request is answered ``ok=False``, and either side uses

@@ -163,3 +163,17 @@ async def test_stopping_a_running_extension_stops_its_process_once() -> None:
 def test_exits_are_described_by_signal_or_code() -> None:
     assert describe_exit(-15) == "was killed by SIGTERM"
     assert describe_exit(1) == "exited with code 1"
+
+
+async def test_an_extension_that_cannot_be_made_is_a_crash_not_a_dead_runner() -> None:
+    def spawn() -> FakeExtensionProcess:
+        raise ValueError("its manifest is broken now")
+
+    runner = Runner(
+        ExtensionStatus(name="notes", project_path="/p", key="xabc"), spawn, backoff=(30.0,)
+    )
+    runner.start()
+    assert await runner.wait_state("crashed", timeout=DEADLINE)
+    assert "could not be started: its manifest is broken now" in runner.status.errors
+    await runner.stop()
+    assert runner.state == "stopped"

@@ -7,10 +7,6 @@ import asyncio
 import time
 
 from .._errors import KaimonError
-from ._process import log_file
-from ._registry import Entry, Registry, RegistryError, extensions, find_extension
-from ._service import read_state, send_request
-from ._validate import validate
 
 __all__ = ["add_parser", "run"]
 
@@ -52,6 +48,11 @@ def _uptime(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._process import log_file
+    from ._registry import Entry, Registry, RegistryError, extensions, find_extension
+    from ._service import read_state, send_request
+    from ._validate import validate
+
     action = args.action
     registry = Registry()
     if action == "add":

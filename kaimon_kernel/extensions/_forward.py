@@ -20,7 +20,7 @@ from ..server._events import (
     ToolCallFinished,
 )
 from ._manifest import EVENT_TOPICS
-from ._registry import Registry, extensions
+from ._registry import Registry, extensions, registry_stamp
 
 if TYPE_CHECKING:
     from ..server._core import Kaimon
@@ -55,17 +55,12 @@ class EventForwarder:
         self._unsubscribe()
 
     def _wanted_by_key(self) -> dict[str, frozenset[str]]:
-        registry = Registry()
-        try:
-            stat = registry.path.stat()
-            stamp: object = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
+        stamp = registry_stamp()
         if stamp != self._stamp:
             self._stamp = stamp
             self._wanted = {
                 e.key: frozenset(e.manifest.event_topics)
-                for e in extensions(registry)
+                for e in extensions(Registry())
                 if e.manifest is not None and e.manifest.event_topics
             }
         return self._wanted

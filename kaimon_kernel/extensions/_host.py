@@ -187,7 +187,8 @@ def load_ipython_extension(ip: Any) -> None:
 
         info = current_gate(ip).serve(
             tools=tools,
-            namespace=manifest.namespace,
+            # its registry name: the namespace, or notes_2 for a second "notes" extension
+            namespace=name or manifest.namespace,
             label=name or manifest.namespace,
             description=manifest.description,
             started_by="extension",

@@ -113,7 +113,16 @@ class KernelProcess:
             ip="127.0.0.1",
         )
         manager.spec = KernelSpec(
-            argv=[python, "-m", "ipykernel_launcher", "-f", "{connection_file}", HOST_EXTENSION],
+            # quiet=False: what its code prints reaches the log too (its recent errors)
+            argv=[
+                python,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                HOST_EXTENSION,
+                "--IPKernelApp.quiet=False",
+            ],
             display_name=f"kaimon extension {self.ext.name}",
             language="python",
             interrupt_mode="signal",

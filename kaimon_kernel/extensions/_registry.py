@@ -31,6 +31,7 @@ __all__ = [
     "extensions",
     "find_extension",
     "registry_file",
+    "registry_stamp",
 ]
 
 
@@ -56,6 +57,15 @@ class _File(BaseModel):
 
 def registry_file() -> Path:
     return Path(jupyter_config_dir()) / "kaimon" / "extensions.json"
+
+
+def registry_stamp(path: Path | None = None) -> object:
+    """Changes whenever the registry file does (None while there is none)."""
+    try:
+        stat = (path or registry_file()).stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 class Registry:

@@ -27,7 +27,7 @@ from .._paths import sessions_dir, write_private
 from .._protocol import ProcessIdentity
 from ._forward import EventForwarder
 from ._process import KernelProcess, reap_orphans
-from ._registry import Extension, Registry, extensions
+from ._registry import Extension, Registry, extensions, registry_stamp
 from ._supervisor import DEFAULT_BACKOFF, ExtensionProcess, ExtensionStatus, Runner
 
 if TYPE_CHECKING:
@@ -130,8 +130,11 @@ class Supervisor:
         await asyncio.to_thread(reap_orphans)
         self._write_state()
         while True:
-            self._follow_registry()
-            self._take_requests()
+            try:
+                self._follow_registry()
+                self._take_requests()
+            except Exception:  # supervision must go on; the next round tries again
+                logger.exception("supervising extensions failed")
             await asyncio.sleep(WORK_POLL)
 
     async def close(self) -> None:
@@ -146,18 +149,15 @@ class Supervisor:
     # -- the registry ------------------------------------------------------------------------
 
     def _follow_registry(self) -> None:
-        registry = Registry()
-        path = registry.path
-        try:
-            stat = path.stat()
-            stamp: object = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
+        stamp = registry_stamp()
         if stamp == self._registry_stamp and self._registry_stamp is not None:
             return
         self._registry_stamp = stamp
+        registry = Registry()
         if registry.problem:
+            # a file being fixed by hand: report it, leave running extensions alone
             logger.warning("%s", registry.problem)
+            return
         self.catalog = {e.entry.project_path: e for e in extensions(registry)}
         for path_key, runner in list(self.runners.items()):
             ext = self.catalog.get(path_key)

@@ -165,9 +165,9 @@ class Runner:
             while self._wanted:
                 self._wake.clear()
                 self._set("starting", next_start_at=None, pid=None)
-                process = self.process = self.spawn()
                 ran_for = 0.0
                 try:
+                    process = self.process = self.spawn()
                     await process.start()
                 except Exception as err:
                     reason = f"could not be started: {err}"
@@ -181,12 +181,13 @@ class Runner:
                         ran_for = time.monotonic() - began
                 if not self._wanted:
                     break
-                await process.stop()
+                if process is not None:
+                    await process.stop()
                 if ran_for > self.backoff[-1]:
                     crashes = 0
                 delay = self.backoff[min(crashes, len(self.backoff) - 1)]
                 crashes += 1
-                output = process.recent_output().strip()
+                output = process.recent_output().strip() if process is not None else ""
                 errors = f"{reason}" + (f"; its output ends with:\n{output}" if output else "")
                 logger.warning("extension %s %s", self.status.name, reason)
                 self._set("crashed", errors=errors, next_start_at=time.time() + delay, pid=None)
@@ -195,6 +196,7 @@ class Runner:
                     self.status = self.status.model_copy(
                         update={"restarts": self.status.restarts + 1}
                     )
+                process = None
         finally:
             if process is not None:
                 await process.stop()

@@ -71,7 +71,10 @@ async def _answer(mcp: KaimonMCP, kaimon: Kaimon, event: ServerCallAsked) -> Non
     if session is None or session.gate.state != "ready":
         logger.info("session %s went before its call of %s ended", event.session, call.name)
         return
-    session.gate.post(result)
+    try:
+        session.gate.post(result)
+    except KaimonError:  # the comm closed meanwhile
+        logger.info("session %s went before its call of %s ended", event.session, call.name)
 
 
 def _refuse_waiting_on_itself(kaimon: Kaimon, caller: str, call: ServerCall) -> None:

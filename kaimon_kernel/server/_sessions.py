@@ -14,7 +14,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from .._errors import AmbiguousSession, SessionNotFound
+from .._errors import AmbiguousSession, KaimonError, SessionNotFound
+from .._protocol import ServerCall, ServerCallResult, TextBlock
 from ._events import (
     EventBus,
     PanelUpdated,
@@ -123,9 +124,7 @@ class Registry:
                 session = KernelSession(info, provider)
                 session.on_tools_changed = lambda key=key: self.bus.publish(ToolsChanged(key))
                 session.on_info_changed = lambda key=key: self.bus.publish(SessionChanged(key))
-                session.on_server_call = lambda call, key=key: self.bus.publish(
-                    ServerCallAsked(key, call)
-                )
+                session.on_server_call = lambda call, s=session: self._server_call(s, call)
                 session.on_panel = lambda values, key=key: self.bus.publish(
                     PanelUpdated(key, values)
                 )
@@ -184,6 +183,19 @@ class Registry:
         session = self.sessions[key]
         await session.wait_ready(max(deadline - time.monotonic(), 0.1))
         return session
+
+    def _server_call(self, session: KernelSession, call: ServerCall) -> None:
+        """A kernel calls the server's tools: the MCP front answers, where there is one."""
+        if self.bus.wants(ServerCallAsked):
+            self.bus.publish(ServerCallAsked(session.key, call))
+            return
+        text = "this kaimon process takes no tool calls (no MCP front runs in it)"
+        with contextlib.suppress(KaimonError):
+            session.gate.post(
+                ServerCallResult(
+                    call_id=call.call_id, content=[TextBlock(text=text)], is_error=True
+                )
+            )
 
     def resolve(self, name: str | None) -> KernelSession:
         """The session called ``name`` (key, key prefix, label or namespace), or the only one."""

@@ -83,7 +83,7 @@ __all__ = [
 #: Bumped when a model below changes incompatibly (a peer of another major is refused).
 PROTOCOL_MAJOR = 2
 #: Bumped when something optional is added (peers one minor apart still work).
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 #: ``"major.minor"``: what both sides report.
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 #: Optional parts of the protocol this side speaks; a peer uses one only if both list it.

@@ -22,6 +22,7 @@ from kaimon_kernel import DeadKernelError, KaimonError, KernelTimeout, ProtocolM
 from kaimon_kernel._output import OutputCapture
 from kaimon_kernel._protocol import (
     PROTOCOL_FEATURES,
+    PROTOCOL_VERSION,
     EvalCancelled,
     Hello,
     ProcessIdentity,
@@ -178,7 +179,8 @@ async def test_the_welcome_brings_the_session_its_tools_and_the_kernels_identity
     assert welcome.session.label == "first" and w.client.info == welcome.session
     assert [t.name for t in w.client.tools] == ["double"]
     assert w.client.kernel == ProcessIdentity.current()  # the gate runs in this process
-    assert w.client.features == PROTOCOL_FEATURES and w.client.peer_version == "2.0"
+    assert w.client.features == PROTOCOL_FEATURES
+    assert w.client.peer_version == PROTOCOL_VERSION == "2.1"
     assert isinstance(w.events[0], Welcome)
     assert gate.servers[w.comm.comm_id].server == ProcessIdentity.current()
 
@@ -202,7 +204,7 @@ async def test_a_server_of_another_major_version_is_refused_plainly(gate: Gate) 
     await until(lambda: w.events, "the gate's answer")
     refused = w.events[0]
     assert refused.type == "refused"
-    assert "the kaimon server speaks kaimon protocol 1, this side speaks 2.0" in refused.reason
+    assert "the kaimon server speaks kaimon protocol 1, this side speaks 2.1" in refused.reason
     assert "same kaimon-kernel version" in refused.reason and w.comm.closed
 
 

@@ -234,8 +234,8 @@ async def test_a_gate_one_minor_version_ahead_still_works_and_a_major_apart_is_r
     other = GateClient(sent.append, name="session y")
     opened = other.open()
     far = Welcome(request_id=sent[-1].id, session=_info(), kernel=ProcessIdentity(pid=1))
-    other.feed(far.model_dump(mode="json") | {"protocol_version": 3})
-    mismatch = r"speaks kaimon protocol 3\.0, this side speaks 2\.0"
+    other.feed(far.model_dump(mode="json") | {"protocol_version": 3, "protocol_minor": 0})
+    mismatch = r"speaks kaimon protocol 3\.0, this side speaks 2\.1"
     with pytest.raises(ProtocolMismatch, match=mismatch):
         await opened
     assert other.state == "refused"
@@ -265,7 +265,7 @@ async def test_a_request_the_gate_does_not_know_is_answered_with_an_error(wire: 
     class Frobnicate(Request):
         type: Literal["frobnicate"] = "frobnicate"
 
-    with pytest.raises(KaimonError, match=r"protocol 2\.0\) does not know 'frobnicate'"):
+    with pytest.raises(KaimonError, match=r"protocol 2\.1\) does not know 'frobnicate'"):
         await wire.client.request(Frobnicate(), timeout=DEADLINE)
     assert (await wire.client.get_info(DEADLINE)).label == "first"  # still talking
 

@@ -6,13 +6,24 @@ keeps at most ``limit`` characters (half head, half tail) and counts what it cut
 Outputs reduce as a notebook reduces them (nbclient): an ``update_display_data`` replaces
 the display whose ``display_id`` it names instead of adding one, and ``clear_output`` drops
 what was shown so far (with ``wait=True``, when the next output comes).
+
+Scaling an image down (decode, resample, encode: up to seconds for a 12-megapixel figure)
+would stall the server's event loop, and with it every session and client. A capture made
+with ``background=True`` scales in a worker thread instead (Pillow releases the GIL), one
+image at a time in arrival order, so each image's byte budget is what the ones before it
+left, as if scaled inline; :meth:`OutputCapture.settled` waits for the images under way.
+While waiting, a raw image is held only until it is scaled or superseded (a later update of
+its display, a clear), and at most ``MAX_PENDING_B64`` of them at once: more is noted as not
+kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+import logging
 import re
 from collections import deque
 from collections.abc import Callable
@@ -30,11 +41,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 #: The SDK's HTTP client rejects one streamed event over 1 MiB.
 MAX_IMAGE_B64 = 700_000
 MAX_IMAGES_B64_TOTAL = 750_000
+#: Raw images (base64 characters) waiting to be scaled down at once, beyond the first.
+MAX_PENDING_B64 = 100 * MAX_IMAGE_B64
 IMAGE_TYPES = ("image/png", "image/jpeg")
 #: The longest edge, in pixels, of an image sent to an agent (what Claude's vision
 #: recommends: larger images are scaled down by the model anyway, at the agent's cost).
 MAX_EDGE = 1568
 _PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
+
+logger = logging.getLogger(__name__)
 
 
 def fit_image(data: str, mime: str, max_edge: int = MAX_EDGE, max_b64: int | None = None) -> str:
@@ -60,6 +75,17 @@ def fit_image(data: str, mime: str, max_edge: int = MAX_EDGE, max_b64: int | Non
     except (OSError, ValueError, binascii.Error, PILImage.DecompressionBombError):
         return data
     return data
+
+
+def _fit(b64: str, mime: str, max_edge: int, max_b64: int) -> str:
+    return fit_image(b64.replace("\n", ""), mime, max_edge, max_b64)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # fed outside a loop: scale inline
+        return None
 
 
 def _encode(im: Any, fmt: str, edge: int) -> str:
@@ -153,6 +179,15 @@ class _HeadTail:
         )
 
 
+@dataclass(eq=False)
+class _Scaling:
+    """An image waiting to be scaled down (``data`` is dropped once it is no longer wanted)."""
+
+    mime: str
+    data: str | None
+    display: _Display | None = None
+
+
 @dataclass
 class _Display:
     """A display with a display_id: shown once, with the latest content it was given."""
@@ -160,6 +195,7 @@ class _Display:
     display_id: str
     text: str = ""
     image: Image | None = None
+    scaling: _Scaling | None = None
 
 
 @dataclass
@@ -175,6 +211,9 @@ class OutputCapture:
     error: str | None = None
     #: Receives every piece of text as it comes (the block's file), unbounded here.
     sink: Callable[[str], None] | None = None
+    #: Scale images in a worker thread (needs a running event loop); ``images`` and the
+    #: notes are complete once :meth:`settled` returns.
+    background: bool = False
 
     def __post_init__(self) -> None:
         self._text = _HeadTail(self.limit)
@@ -184,6 +223,9 @@ class OutputCapture:
         self._by_id: dict[str, list[_Display]] = {}
         self._updated: dict[str, _Display] = {}  # updated since the last take_new
         self._clear_pending = False
+        self._queue: deque[_Scaling] = deque()
+        self._queued_b64 = 0
+        self._worker: asyncio.Task[None] | None = None
 
     def add_message(self, msg_type: str, content: dict[str, object]) -> bool:
         """Take one iopub message's content; returns whether it was output (else ignored)."""
@@ -233,9 +275,9 @@ class OutputCapture:
             image = self._image_of(data)
             if isinstance(image, Image):
                 self.images.append(image)
-            elif image is not None:
+            elif isinstance(image, str):
                 self.notes.append(image)
-            else:
+            elif image is None:
                 text = self._text_of(data)
                 if text:
                     self._add_text(text)
@@ -266,10 +308,15 @@ class OutputCapture:
             self.images[:] = [i for i in self.images if i is not old]
             self._images_b64 -= len(old.data)
             display.image = None
-        image = self._image_of(data)
+        if display.scaling is not None:  # superseded before it was scaled
+            self._drop(display.scaling)
+            display.scaling = None
+        image = self._image_of(data, display)
         if isinstance(image, Image):
             self.images.append(image)
             display.image, display.text = image, ""
+        elif isinstance(image, _Scaling):
+            display.scaling, display.text = image, ""
         else:  # its text, or the note saying its image was too large
             display.text = image + "\n" if image is not None else self._text_of(data)
 
@@ -281,23 +328,106 @@ class OutputCapture:
         plain = strip_ansi(plain)
         return plain if plain.endswith("\n") else plain + "\n"
 
-    def _image_of(self, data: dict[str, object]) -> Image | str | None:
-        """The bundle's image within the budget, a note when too large, None if it has none."""
+    def _image_of(
+        self, data: dict[str, object], display: _Display | None = None
+    ) -> Image | str | _Scaling | None:
+        """The bundle's image within the budget, a note when too large, None if it has none;
+        in the background, the scaling under way (it lands in ``images`` or ``notes``)."""
         for mime in IMAGE_TYPES:
             b64 = data.get(mime)
             if not isinstance(b64, str):
                 continue
-            room = min(MAX_IMAGE_B64, MAX_IMAGES_B64_TOTAL - self._images_b64)
-            b64 = fit_image(b64.replace("\n", ""), mime, self.max_edge, max(room, 1))
-            size = len(b64)
-            if size > MAX_IMAGE_B64 or self._images_b64 + size > MAX_IMAGES_B64_TOTAL:
+            loop = _running_loop() if self.background else None
+            if loop is None:
+                return self._fitted(mime, _fit(b64, mime, self.max_edge, self._room()))
+            if self._queue and self._queued_b64 + len(b64) > MAX_PENDING_B64:
                 return (
-                    f"[an {mime} image of {size * 3 // 4:,} bytes was not sent: too large for "
-                    "one MCP message; save it to a file or shrink it]"
+                    f"[an {mime} image of {len(b64) * 3 // 4:,} bytes was not kept: images came "
+                    "faster than they could be scaled down; save them to files]"
                 )
-            self._images_b64 += size
-            return Image(mime, b64)
+            job = _Scaling(mime, b64, display)
+            self._queue.append(job)
+            self._queued_b64 += len(b64)
+            if self._worker is None:
+                self._worker = loop.create_task(self._scale_queued())
+            return job
         return None
+
+    def _room(self) -> int:
+        return max(min(MAX_IMAGE_B64, MAX_IMAGES_B64_TOTAL - self._images_b64), 1)
+
+    def _fitted(self, mime: str, b64: str) -> Image | str:
+        size = len(b64)
+        if size > MAX_IMAGE_B64 or self._images_b64 + size > MAX_IMAGES_B64_TOTAL:
+            return (
+                f"[an {mime} image of {size * 3 // 4:,} bytes was not sent: too large for "
+                "one MCP message; save it to a file or shrink it]"
+            )
+        self._images_b64 += size
+        return Image(mime, b64)
+
+    async def _scale_queued(self) -> None:
+        try:
+            while self._queue:
+                job = self._queue[0]
+                try:
+                    if job.data is not None:
+                        b64 = await asyncio.to_thread(
+                            _fit, job.data, job.mime, self.max_edge, self._room()
+                        )
+                        if job.data is not None:  # still wanted (no clear or update meanwhile)
+                            self._drop(job)
+                            self._land(job, self._fitted(job.mime, b64))
+                except Exception:  # e.g. out of memory: this image is left out, not the rest
+                    logger.exception("scaling an image down failed")
+                    self._drop(job)
+                self._queue.popleft()
+        finally:
+            self._worker = None
+
+    def _land(self, job: _Scaling, image: Image | str) -> None:
+        display = job.display
+        if display is None:
+            if isinstance(image, Image):
+                self.images.append(image)
+            else:
+                self.notes.append(image)
+            return
+        display.scaling = None
+        if isinstance(image, Image):
+            self.images.append(image)
+            display.image = image
+            return
+        display.text = image + "\n"
+        self._updated[display.display_id] = display
+        if self.sink is not None:
+            self.sink(display.text)
+
+    def _drop(self, job: _Scaling) -> None:
+        if job.data is not None:
+            self._queued_b64 -= len(job.data)
+            job.data = None
+
+    @property
+    def scaling(self) -> int:
+        """Images still being scaled down (in the background)."""
+        return sum(job.data is not None for job in self._queue)
+
+    async def settled(self) -> None:
+        """Wait until every image added so far is scaled down and in ``images`` (or noted)."""
+        while self._worker is not None:
+            await asyncio.shield(self._worker)
+
+    def abandon(self) -> None:
+        """Give up the images still being scaled (the execution ended without them)."""
+        left = self.scaling
+        for job in self._queue:
+            self._drop(job)
+        if left:
+            self.notes.append(
+                f"[{left} image{'s' if left > 1 else ''} not shown: the execution ended while "
+                "being scaled down]"
+            )
 
     def clear(self, *, wait: bool = False) -> None:
         """``clear_output``: drop what was shown so far (``wait``: when the next output comes).
@@ -312,6 +442,8 @@ class OutputCapture:
         self.images.clear()
         self.notes.clear()
         self._images_b64 = 0
+        for job in self._queue:
+            self._drop(job)
         self._displays.clear()
         self._by_id.clear()
         self._updated.clear()

@@ -2,7 +2,9 @@
 
 An :class:`Execution` is fed the kernel's messages that answer its execute_request (iopub
 output and status, the shell reply) and ends exactly once: ok, error, aborted, cancelled or
-dead. :class:`Activity` is what the kernel does for other clients (the person's cells).
+dead. Its images are scaled down off the event loop; it ends once they are (so what ends
+is whole: the reply and the block see every image). :class:`Activity` is what the kernel
+does for other clients (the person's cells).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class Execution:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _reply: dict[str, Any] | None = None
     _idle: bool = False
+    _settling: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.capture.background = True  # the server's loop never waits for an image
 
     @property
     def elapsed(self) -> float:
@@ -89,6 +95,10 @@ class Execution:
     def _maybe_finish(self) -> None:
         if not self._idle or self.done.is_set():
             return
+        if self.capture.scaling:
+            if self._settling is None:
+                self._settling = asyncio.get_running_loop().create_task(self._when_settled())
+            return
         if self.cancel_requested:
             self.status = "cancelled"
             self.reason = self.reason or "cancelled by the agent"
@@ -116,6 +126,13 @@ class Execution:
                 )
         self._finish()
 
+    async def _when_settled(self) -> None:
+        try:
+            await self.capture.settled()
+        finally:
+            self._settling = None
+        self._maybe_finish()
+
     def finish_from(self, status: str, output: str) -> None:
         """End with what the gate recorded (the evaluation ended while no server listened)."""
         self.capture = OutputCapture(limit=self.capture.limit)
@@ -132,6 +149,7 @@ class Execution:
         self._finish()
 
     def _finish(self) -> None:
+        self.capture.abandon()  # a kernel that died or was cancelled while images were scaled
         self.finished_at = time.monotonic()
         self.done.set()
         for callback in self.on_done:

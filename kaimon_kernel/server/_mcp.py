@@ -29,7 +29,7 @@ from mcp.types import Tool as MCPTool
 
 from .. import __version__
 from .._errors import InvalidArgument, KaimonError
-from .._output import MAX_IMAGE_B64, Image, fit_image
+from .._output import MAX_EDGE, MAX_IMAGE_B64, Image, fit_image
 from .._protocol import ImageBlock, ToolResult
 from .._settings import Settings, load_settings
 from ._block_tools import add_block_tools
@@ -191,7 +191,7 @@ class KaimonMCP(MCPServer):
         async with Heartbeat(ctx, self.options.heartbeat) as beat:
             async for update in self.kaimon.call_tool(ref, arguments):
                 if isinstance(update, ToolResult):
-                    return _tool_result(update, self.options)
+                    return await _tool_result(update, self.options)
                 await beat.report(update.message, update.progress, update.total)
         raise AssertionError("a tool call ends with its result")
 
@@ -254,16 +254,20 @@ def tool_error(err: KaimonError) -> CallToolResult:
     return text_result(str(err), error=True)
 
 
-def _tool_result(result: ToolResult, settings: Settings) -> CallToolResult:
-    """A gate tool's result: its text as given, its images scaled down and capped like ex's
-    (inline only: a gate tool's images have no block to be read from later)."""
+async def _tool_result(result: ToolResult, settings: Settings) -> CallToolResult:
+    """A gate tool's result: its text as given, its images scaled down (in a worker thread:
+    the loop serves other calls meanwhile) and capped like ex's (inline only: a gate tool's
+    images have no block to be read from later)."""
     blocks: list[ContentBlock] = [
         TextContent(type="text", text=b.text)
         for b in result.content
         if not isinstance(b, ImageBlock)
     ]
     images = [
-        Image(b.mime_type, fit_image(b.data, b.mime_type, max_b64=MAX_IMAGE_B64))
+        Image(
+            b.mime_type,
+            await asyncio.to_thread(fit_image, b.data, b.mime_type, MAX_EDGE, MAX_IMAGE_B64),
+        )
         for b in result.content
         if isinstance(b, ImageBlock)
     ]

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 import json
+from typing import Any
 
 import pytest
 from conftest import DEADLINE, PersonKernel, stdio_client, text_of
+from PIL import Image as PILImage
 
-from kaimon_kernel._output import MAX_IMAGE_B64, OutputCapture, as_shown, strip_ansi
+from kaimon_kernel._output import (
+    MAX_EDGE,
+    MAX_IMAGE_B64,
+    MAX_PENDING_B64,
+    OutputCapture,
+    as_shown,
+    strip_ansi,
+)
 from kaimon_kernel._protocol import EVAL_METADATA_KEY
+from kaimon_kernel.server._execution import Execution
 
 PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -210,3 +223,72 @@ def test_a_carriage_return_after_a_display_does_not_erase_it() -> None:
     cap.add_message("display_data", display({"image/png": "PNG"}, "img"))
     cap.add_text("end\n")
     assert cap.text() == "table\n100%\nend\n"
+
+
+# -- images scaled in the background (the server's loop never waits for one) ---------------
+
+
+def big_png(width: int = 4000, height: int = 3000) -> str:
+    im = PILImage.new("RGB", (width, height), "white")
+    im.paste((200, 30, 30), (width // 4, height // 4, width // 2, height // 2))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def iopub(kind: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {"header": {"msg_type": kind}, "content": content}
+
+
+@pytest.mark.anyio
+async def test_the_server_scales_an_image_in_a_worker_thread_and_ends_once_it_is_in() -> None:
+    ex = Execution("m1", "show()", OutputCapture())
+    ex.feed_iopub(iopub("status", {"execution_state": "busy"}))
+    ex.feed_iopub(iopub("display_data", {"data": {"image/png": big_png()}, "metadata": {}}))
+    ex.feed_iopub(iopub("status", {"execution_state": "idle"}))
+    ex.feed_reply({"content": {"status": "ok", "execution_count": 1}})
+    seen: list[tuple[int, bool]] = []
+    ran = asyncio.Event()
+
+    def meanwhile() -> None:  # scheduled while the image is scaled: runs before it is done
+        seen.append((len(ex.capture.images), ex.done.is_set()))
+        ran.set()
+
+    asyncio.get_running_loop().call_soon(meanwhile)
+    await asyncio.wait_for(ran.wait(), DEADLINE)
+    assert seen == [(0, False)]
+    await asyncio.wait_for(ex.done.wait(), DEADLINE)
+    assert ex.status == "ok"
+    (image,) = ex.capture.images
+    assert PILImage.open(io.BytesIO(base64.b64decode(image.data))).size == (MAX_EDGE, 1176)
+
+
+@pytest.mark.anyio
+async def test_background_updates_and_clears_keep_only_the_latest_image_and_the_budget() -> None:
+    cap = OutputCapture(background=True)
+    frames = [chr(ord("A") + i) * 600_000 for i in range(20)]  # two would pass the budget
+    cap.add_message("display_data", display({"image/png": frames[0]}, "plot"))
+    for frame in frames[1:]:
+        cap.add_message("update_display_data", display({"image/png": frame}, "plot"))
+    await asyncio.wait_for(cap.settled(), DEADLINE)
+    assert [i.data for i in cap.images] == [frames[-1]]
+    assert "not sent" not in cap.text()
+    for i in range(30):  # the clear_output(wait=True); display(fig) loop
+        cap.add_message("clear_output", {"wait": True})
+        cap.add_message("display_data", {"data": {"image/png": f"FRAME{i}", "text/plain": "<F>"}})
+    await asyncio.wait_for(cap.settled(), DEADLINE)
+    assert [i.data for i in cap.images] == ["FRAME29"]
+    cap.add_bundle({"image/png": "A" * (MAX_IMAGE_B64 + 1)})
+    await asyncio.wait_for(cap.settled(), DEADLINE)
+    assert "was not sent: too large" in cap.text()
+
+
+@pytest.mark.anyio
+async def test_raw_images_waiting_to_be_scaled_are_bounded() -> None:
+    cap = OutputCapture(background=True)
+    raw = "A" * (MAX_PENDING_B64 // 3)
+    for _ in range(5):  # faster than they are scaled: the fourth and fifth are not kept
+        cap.add_bundle({"image/png": raw})
+    assert cap.text().count("was not kept: images came faster") == 2
+    await asyncio.wait_for(cap.settled(), DEADLINE)
+    assert cap.scaling == 0

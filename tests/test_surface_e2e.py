@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from conftest import PersonKernel, stdio_client, text_of
+from conftest import DEADLINE, PersonKernel, stdio_client, text_of
 from mcp.types import BlobResourceContents, ImageContent, ResourceLink, TextContent
 from PIL import Image as PILImage
 
@@ -135,6 +136,50 @@ async def test_a_4000_by_3000_figure_comes_back_1568_wide_with_no_text_block(per
     assert [b.type for b in result.content] == ["image"], result.content
     assert size_of(result.content[0]) == (1568, 1176)  # type: ignore[arg-type]
     assert result.content[0].mime_type == "image/png"  # type: ignore[union-attr]
+
+
+NOISE = (
+    "import io\nfrom PIL import Image\nbuf = io.BytesIO()\n"
+    "Image.effect_noise((6000, 4000), 60).save(buf, 'PNG', compress_level=1)\n"
+    "noise = buf.getvalue()"
+)
+#: The marker is touched once the second image is sent: the first has reached the server.
+SHOW_NOISE = (
+    "import pathlib\nfrom IPython.display import Image, display\n"
+    "display(Image(data=noise, format='png'))\ndisplay(Image(data=noise, format='png'))\n"
+    "pathlib.Path({marker!r}).touch()"
+)
+
+
+async def test_a_big_image_being_scaled_does_not_hold_up_another_session(
+    make_person, tmp_path
+) -> None:
+    """A 6000x4000 noisy PNG (32 MB of base64) takes about a second to scale down: another
+    session's quick call started while it is scaled is answered first."""
+    make_person("--label big").run(NOISE)
+    make_person("--label quick")
+    marker = tmp_path / "shown"
+    done: list[str] = []
+    took: dict[str, float] = {}
+
+    async def ex(session: str, code: str) -> None:
+        start = time.monotonic()
+        result = await client.call_tool("ex", {"code": code, "session": session})
+        took[session] = time.monotonic() - start
+        assert not result.is_error, text_of(result)
+        done.append(session)
+
+    async with stdio_client() as client:
+        for session in ("big", "quick"):  # both connected before the race
+            assert text_of(await client.call_tool("ex", {"code": "1", "session": session}))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex, "big", SHOW_NOISE.format(marker=str(marker)))
+            with anyio.fail_after(DEADLINE):
+                while not marker.exists():  # the kernel has sent the image
+                    await anyio.sleep(0.01)
+            tg.start_soon(ex, "quick", "1+1")
+    print(f"quick ex took {took['quick']:.3f} s; the big image's ex {took['big']:.3f} s")
+    assert done == ["quick", "big"]
 
 
 SHOW_THREE = (

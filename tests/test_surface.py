@@ -17,10 +17,17 @@ from PIL import Image as PILImage
 
 from kaimon_kernel._errors import InvalidArgument
 from kaimon_kernel._output import MAX_EDGE, Image, OutputCapture, fit_image
-from kaimon_kernel._protocol import ToolSpec
-from kaimon_kernel._settings import ImagesSetting, SettingsError, ToolsSetting, load_settings
+from kaimon_kernel._protocol import ImageBlock, TextBlock, ToolResult, ToolSpec
+from kaimon_kernel._settings import (
+    ImagesSetting,
+    Settings,
+    SettingsError,
+    ToolsSetting,
+    load_settings,
+)
 from kaimon_kernel.gate import GateTool, ToolDefinitionError
 from kaimon_kernel.server._heartbeat import Heartbeat
+from kaimon_kernel.server._mcp import _tool_result
 from kaimon_kernel.server._results import image_content
 from kaimon_kernel.server._surface import (
     ToolFilter,
@@ -166,6 +173,21 @@ def test_the_capture_scales_a_displayed_image() -> None:
     cap.add_message("display_data", {"data": {"image/png": picture(4000, 3000)}})
     (image,) = cap.images
     assert max(opened(image.data).size) == MAX_EDGE
+
+
+@pytest.mark.anyio
+async def test_a_gate_tools_image_is_scaled_in_a_worker_thread() -> None:
+    plot = ImageBlock(data=picture(4000, 3000), mime_type="image/png")
+    result = ToolResult(call_id="c1", content=[TextBlock(text="a plot"), plot])
+    task = asyncio.get_running_loop().create_task(_tool_result(result, Settings()))
+    ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(ran.set)  # after the task's first step
+    await asyncio.wait_for(ran.wait(), 10)
+    assert not task.done()  # the loop runs while the image is scaled
+    reply = await asyncio.wait_for(task, 30)
+    text, image = reply.content
+    assert isinstance(text, TextContent) and isinstance(image, ImageContent)
+    assert opened(image.data).size == (MAX_EDGE, 1176)
 
 
 def test_images_beyond_the_cap_are_named_as_resources() -> None:

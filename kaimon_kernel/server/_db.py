@@ -85,6 +85,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: which server follows a job (JSON identity): another server recovers only orphans
     ("ALTER TABLE jobs ADD COLUMN server TEXT",),
+    # 4: every tool call of every server (the dashboard's Activity), and the panels that
+    # sessions pushed (push_panel), for readers in other processes
+    (
+        """CREATE TABLE IF NOT EXISTS activity (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            client TEXT NOT NULL,
+            server_pid INTEGER NOT NULL,
+            transport TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            session_key TEXT,
+            block_id TEXT,
+            eval_id TEXT,
+            duration REAL,
+            status TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS activity_status ON activity (status)",
+        """CREATE TABLE IF NOT EXISTS panels (
+            session_key TEXT PRIMARY KEY,
+            panel TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
 )
 
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # type: ignore[attr-defined]

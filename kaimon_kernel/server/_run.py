@@ -16,13 +16,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._errors import KaimonError
 from .._settings import Settings
 from ..extensions import supervising
+from ._activity import ActivityRecorder
 from ._core import Kaimon, ServerOptions
+from ._follow_config import ConfigFollower
 from ._http import BearerAuth, check_bind, transport_security
 from ._mcp import build_mcp
 
@@ -165,9 +167,13 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 2828,
     token: str | None = None,
+    settings: Settings | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the server until stdin closes (stdio), or until SIGINT, SIGTERM or SIGHUP.
 
+    Its tool calls go to the activity log in the store. Given ``settings`` (and the command
+    line ``flags`` they were loaded with), it follows changes of kaimon.json while it runs.
     Raises KaimonError before starting anything when the HTTP address cannot be bound.
     """
     sockets = None
@@ -182,11 +188,17 @@ def serve_forever(
             with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
                 loop.add_signal_handler(sig, _on_signal, sig, stop)
         task: asyncio.Task[None] | None = None
+        following: asyncio.Task[None] | None = None
+        recorder: ActivityRecorder | None = None
         try:
             kaimon = Kaimon(options)
+            recorder = ActivityRecorder(kaimon.store, kaimon.bus, "http" if http else "stdio")
             async with kaimon.running(), supervising(options.extension_backoff, kaimon):
                 if stop.is_set():
                     return
+                if settings is not None:
+                    follower = ConfigFollower(kaimon, flags or {}, settings)
+                    following = asyncio.create_task(follower.run(), name="kaimon-config")
                 task = asyncio.create_task(
                     run_http(kaimon, host, port, token, sockets=sockets, stop=stop)
                     if http
@@ -203,6 +215,10 @@ def serve_forever(
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
+            if following is not None:
+                following.cancel()
+            if recorder is not None:
+                recorder.close()
             for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

@@ -1,5 +1,5 @@
 """The ``kaimon`` command: ``serve``, ``token``, ``kernelspec install``, ``sessions``,
-``setup``."""
+``dashboard``, ``setup``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="under this prefix")
 
     sub.add_parser("sessions", help="list the kernels served on this machine")
+
+    d = sub.add_parser(
+        "dashboard",
+        help="every session, agent call, job and extension on this machine, live (Textual)",
+    )
+    d.add_argument("--once", action="store_true", help="print a plain-text snapshot and exit")
 
     pr = sub.add_parser("projects", help="directories where agents may start kernels")
     psub = pr.add_subparsers(dest="action", required=True)
@@ -197,6 +203,10 @@ def _run(args: argparse.Namespace) -> int:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
         print("(watched: " + ", ".join(map(str, dirs)) + ")")
         return 0
+    if args.command == "dashboard":
+        from .dashboard import run as run_dashboard
+
+        return run_dashboard(once=args.once)
     if args.command == "projects":
         if projects_overridden():
             print(

@@ -21,6 +21,7 @@ import logging.handlers
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from ._events import (
     JobPromoted,
     PanelUpdated,
     ToolCallStarted,
+    ToolsChanged,
 )
 
 __all__ = [
@@ -83,10 +85,18 @@ def shorten_arguments(arguments: Any, limit: int = ARGUMENTS_MAX) -> str:
 
 
 class ActivityRecorder:
-    """Records this server's tool calls and the sessions' panels into ``store``."""
+    """Records this server's tool calls, and the sessions' panels and gate tools (from
+    ``tools_of``: a session key to its tool names, None when it is gone), into ``store``."""
 
-    def __init__(self, store: Database, bus: EventBus, transport: str) -> None:
+    def __init__(
+        self,
+        store: Database,
+        bus: EventBus,
+        transport: str,
+        tools_of: Callable[[str], list[str] | None] | None = None,
+    ) -> None:
         self.store = store
+        self.tools_of = tools_of
         self.transport = transport
         self.pid = os.getpid()
         self._calls: dict[str, _Call] = {}
@@ -98,6 +108,7 @@ class ActivityRecorder:
             bus.subscribe(self._ran, ExecutionStarted, ToolCallStarted),
             bus.subscribe(self._promoted, JobPromoted),
             bus.subscribe(self._panel, PanelUpdated),
+            bus.subscribe(self._tools, ToolsChanged),
         ]
 
     def close(self) -> None:
@@ -141,6 +152,17 @@ class ActivityRecorder:
         call.session = event.session
         if isinstance(event, ExecutionStarted):
             call.block_id = event.block_id
+        values = (call.session, call.block_id or None)
+
+        def running(db: sqlite3.Connection) -> None:  # readers show what runs where, now
+            if call.row_id is not None:
+                with db:
+                    db.execute(
+                        "UPDATE activity SET session_key = ?, block_id = ? WHERE id = ?",
+                        (*values, call.row_id),
+                    )
+
+        self.store.post(running, "recording where a call runs")
 
     def _promoted(self, event: JobPromoted) -> None:
         call = _current.get()
@@ -188,6 +210,23 @@ class ActivityRecorder:
                 )
 
         self.store.post(save, f"saving the panel of session {event.session}")
+
+    def _tools(self, event: ToolsChanged) -> None:
+        names = self.tools_of(event.session) if self.tools_of else None
+        if names is None:
+            return
+        row = (event.session, json.dumps(names), time.time())
+
+        def save(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT INTO session_tools (session_key, tools, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (session_key) DO UPDATE SET tools = excluded.tools,"
+                    " updated_at = excluded.updated_at",
+                    row,
+                )
+
+        self.store.post(save, f"saving the tools of session {event.session}")
 
 
 def _evict(db: sqlite3.Connection) -> None:

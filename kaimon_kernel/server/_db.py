@@ -85,8 +85,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: which server follows a job (JSON identity): another server recovers only orphans
     ("ALTER TABLE jobs ADD COLUMN server TEXT",),
-    # 4: every tool call of every server (the dashboard's Activity), and the panels that
-    # sessions pushed (push_panel), for readers in other processes
+    # 4: every tool call of every server (the dashboard's Activity), the panels that
+    # sessions pushed (push_panel) and their gate tools, for readers in other processes
     (
         """CREATE TABLE IF NOT EXISTS activity (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -106,6 +106,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE IF NOT EXISTS panels (
             session_key TEXT PRIMARY KEY,
             panel TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS session_tools (
+            session_key TEXT PRIMARY KEY,
+            tools TEXT NOT NULL,
             updated_at REAL NOT NULL
         )""",
     ),

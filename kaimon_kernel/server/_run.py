@@ -155,6 +155,17 @@ async def run_http(
             sock.close()
 
 
+def _tool_names(kaimon: Kaimon) -> Any:
+    """A session's gate tools as agents see them (for the activity log's readers)."""
+
+    def names(key: str) -> list[str] | None:
+        if key not in kaimon.registry.sessions:
+            return None
+        return sorted(n for n, ref in kaimon.gate_tools().items() if ref.session.key == key)
+
+    return names
+
+
 def _on_signal(sig: int, stop: asyncio.Event) -> None:
     logger.info("signal %s: shutting down", sig)
     stop.set()
@@ -192,7 +203,9 @@ def serve_forever(
         recorder: ActivityRecorder | None = None
         try:
             kaimon = Kaimon(options)
-            recorder = ActivityRecorder(kaimon.store, kaimon.bus, "http" if http else "stdio")
+            recorder = ActivityRecorder(
+                kaimon.store, kaimon.bus, "http" if http else "stdio", _tool_names(kaimon)
+            )
             async with kaimon.running(), supervising(options.extension_backoff, kaimon):
                 if stop.is_set():
                     return

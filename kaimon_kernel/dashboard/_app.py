@@ -431,11 +431,14 @@ class Dashboard(App[None]):
         if not info.allow_mirror:
             flags.append("no mirror")
         detail.update(
-            f"{info.key}  {info.label}  pid {info.pid}  Python {info.python_version}  "
-            f"namespace {info.namespace}"
-            + (f"  ({', '.join(flags)})" if flags else "")
-            + (f"\n{info.description}" if info.description else "")
-            + f"\ncwd {info.cwd}\ntools: {', '.join(session.tools) or '(none)'}"
+            Text(
+                f"{info.key}  {info.label}  pid {info.pid}  Python {info.python_version}  "
+                f"namespace {info.namespace}"
+                + (f"  ({', '.join(flags)})" if flags else "")
+                + (f"\n{info.description}" if info.description else "")
+                + f"\ncwd {info.cwd}\ntools: {', '.join(session.tools) or '(none)'}"
+                + "".join(f"\n  {k}: {v}" for k, v in session.panel.items())
+            )
         )
 
     def _show_jobs(self) -> None:
@@ -535,9 +538,11 @@ class Dashboard(App[None]):
         table.move_cursor(row=min(cursor, len(CONFIG_KEYS) - 1))
         detail = self.query_one("#config-detail", Static)
         detail.update(
-            f"{view.path}\nEnter: change the selected setting. Running kaimon servers apply "
-            "promote_after, cancel_grace and mirror at once; projects apply at the next "
-            "start_session." + (f"\nproblem: {view.problem}" if view.problem else "")
+            Text(
+                f"{view.path}\nEnter: change the selected setting. Running kaimon servers apply "
+                "promote_after, cancel_grace and mirror at once; projects apply at the next "
+                "start_session." + (f"\nproblem: {view.problem}" if view.problem else "")
+            )
         )
 
     def _show_log(self, lines: list[str]) -> None:
@@ -560,7 +565,7 @@ class Dashboard(App[None]):
         return rows[index] if 0 <= index < len(rows) else None
 
     def say(self, message: str) -> None:
-        self.query_one("#status", Static).update(message)
+        self.query_one("#status", Static).update(Text(message))
 
     # -- selection -------------------------------------------------------------------------
 

@@ -109,6 +109,8 @@ class SessionRow:
     #: The agents' calls running in it now.
     running: list[ActivityRow] = field(default_factory=list)
     jobs: int = 0
+    #: What its code pushed for the dashboard (``kaimon_kernel.push_panel``).
+    panel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -289,6 +291,7 @@ def read_sessions(store: Store, running: list[ActivityRow] | None = None) -> lis
     """Every served kernel kaimon can see, with what agents run in it now."""
     running = store.running_calls() if running is None else running
     tools = store.session_tools()
+    panels = store.panels()
     jobs: dict[str, int] = {}
     for (key,) in store._query("SELECT session_key FROM jobs WHERE status = 'running'"):
         jobs[key] = jobs.get(key, 0) + 1
@@ -307,6 +310,7 @@ def read_sessions(store: Store, running: list[ActivityRow] | None = None) -> lis
                 tools.get(info.key, []),
                 [r for r in running if r.session_key == info.key and _server_alive(r)],
                 jobs.get(info.key, 0),
+                panels.get(info.key, {}),
             )
         )
     rows.sort(key=lambda r: (r.info.started_by == "extension", r.info.started_at))

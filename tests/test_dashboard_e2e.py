@@ -296,3 +296,25 @@ def test_the_dashboard_runs_in_a_real_terminal(tmp_path: Path) -> None:
         wait_until(ended, what="q to end it")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+async def test_a_pushed_panel_reaches_the_dashboard_through_the_store(
+    person: PersonKernel,
+) -> None:
+    app = Dashboard()
+    async with app.run_test(size=(140, 40)) as pilot, stdio_client() as client:
+        await client.call_tool("list_sessions", {})  # the server is connected to the kernel
+        status, out = person.run(
+            "import kaimon_kernel\nkaimon_kernel.push_panel({'epoch': 12, 'loss': 0.25})"
+        )
+        assert status == "ok", out
+        await pilot.press("1")
+        row = await until(
+            lambda: next((s for s in app.sessions if s.key == person.key and s.panel), None),
+            "the panel in Sessions",
+        )
+        assert row.panel == {"epoch": 12, "loss": 0.25}
+        await until(
+            lambda: "loss: 0.25" in str(app.query_one("#session-detail", Static).render()),
+            "the panel shown",
+        )

@@ -318,3 +318,32 @@ async def test_a_pushed_panel_reaches_the_dashboard_through_the_store(
             lambda: "loss: 0.25" in str(app.query_one("#session-detail", Static).render()),
             "the panel shown",
         )
+
+
+async def test_interrupt_and_live_view_keys_act_on_the_selected_session(
+    person: PersonKernel,
+) -> None:
+    app = Dashboard()
+    async with (
+        app.run_test(size=(140, 40)) as pilot,
+        stdio_client("--promote-after", "0.5") as client,
+    ):
+        result = await client.call_tool("ex", {"code": "import time\ntime.sleep(600)"})
+        eval_id = result.structured_content["eval_id"]
+        await pilot.press("1")
+        await until(lambda: any(s.key == person.key for s in app.sessions), "the session")
+        table = app.query_one("#sessions-table", DataTable)
+        table.focus()
+        table.move_cursor(row=[s.key for s in app.sessions].index(person.key))
+        await pilot.press("i")
+        await until(lambda: job_status(eval_id) == "failed", "the interrupted job to end")
+        checked = await client.call_tool("check_eval", {"eval_id": eval_id})
+        assert "KeyboardInterrupt" in text_of(checked)
+        await pilot.press("M")
+        await until(lambda: "live view off" in app.last_result, f"mirror off: {app.last_result}")
+        assert person.run(
+            "from kaimon_kernel.gate._gate import current_gate\nprint(current_gate().view.enabled)"
+        ) == ("ok", "False\n")
+        await pilot.press("m")
+        await until(lambda: "live view on" in app.last_result, "mirror on")
+        assert person.run("print(current_gate().view.enabled)") == ("ok", "True\n")

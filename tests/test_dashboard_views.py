@@ -170,3 +170,25 @@ def test_file_changes_are_sorted_into_the_views_they_concern() -> None:
     ]
     assert classify(changes) == {"store", "log", "sessions", "extensions", "config"}
     assert classify([(1, "/r/kaimon/resume-x.json")]) == set()
+
+
+@pytest.mark.anyio
+async def test_a_store_made_afresh_is_followed_from_its_first_call(fixed_world: Path) -> None:
+    app = Dashboard(watch=False, clock=lambda: T0 + 64)
+    async with app.run_test(size=(120, 34)):
+        deadline = time.monotonic() + 30
+        while len(app._activity) < 4:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        path = fixed_world / "jupyter_data_dir" / "kaimon" / "jobs.sqlite3"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        Database(path).close()
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "INSERT INTO activity (started_at, client, server_pid, transport, tool,"
+                " arguments, status) VALUES (?, 'fresh', 1, 'stdio', 'ex', '{}', 'ok')",
+                (T0 + 10,),
+            )
+        await app.reload({"store"})
+        assert [r.client for r in app._activity.values()] == ["fresh"]

@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import (
     DataTable,
@@ -302,7 +303,11 @@ class Dashboard(App[None]):
         data: dict[str, Any] = {}
         try:
             if "activity" in kinds:
-                data["activity"] = self.store.activity(self.max_rows, self._last_id)
+                after = self._last_id
+                if after and self.store.last_activity_id() < after:
+                    data["reset"] = True  # a fresh store (the old one was moved aside)
+                    after = 0
+                data["activity"] = self.store.activity(self.max_rows, after)
                 running = [i for i, r in self._activity.items() if r.status == "running"]
                 data["changed"] = self.store.activity_rows(running)
             if "sessions" in kinds:
@@ -325,6 +330,10 @@ class Dashboard(App[None]):
         return data
 
     def _show(self, data: dict[str, Any]) -> None:
+        if data.get("reset"):
+            self.query_one("#activity-table", DataTable).clear()
+            self._activity.clear()
+            self._last_id = 0
         if "activity" in data:
             self._show_activity(data["activity"], data.get("changed", []))
         if "sessions" in data:
@@ -572,12 +581,13 @@ class Dashboard(App[None]):
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         table_id = event.data_table.id
-        if table_id == "sessions-table":
-            self._show_session_detail()
-        elif table_id == "jobs-table":
-            self._show_job_detail()
-        elif table_id == "extensions-table":
-            self._show_extension_detail()
+        with contextlib.suppress(NoMatches):  # a late message while the app closes
+            if table_id == "sessions-table":
+                self._show_session_detail()
+            elif table_id == "jobs-table":
+                self._show_job_detail()
+            elif table_id == "extensions-table":
+                self._show_extension_detail()
 
     @on(DataTable.RowSelected, "#activity-table")
     async def _call_selected(self, event: DataTable.RowSelected) -> None:

@@ -183,16 +183,24 @@ class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or store_path()
         self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None
         self._lock = threading.Lock()
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
+            try:
+                inode = self.path.stat().st_ino
+            except OSError:
+                inode = None
+            if self._db is not None and inode != self._inode:  # moved aside, made afresh
+                self._db.close()
+                self._db = None
             if self._db is None:
-                if not self.path.exists():
+                if inode is None:
                     return []
                 db = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
                 db.row_factory = sqlite3.Row
-                self._db = db
+                self._db, self._inode = db, inode
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as err:
@@ -213,6 +221,10 @@ class Store:
             (after, limit),
         )
         return [ActivityRow(**dict(r)) for r in rows]
+
+    def last_activity_id(self) -> int:
+        rows = self._query("SELECT MAX(id) FROM activity")
+        return (rows[0][0] or 0) if rows else 0
 
     def activity_rows(self, ids: list[int]) -> list[ActivityRow]:
         if not ids:

@@ -192,3 +192,41 @@ async def test_a_store_made_afresh_is_followed_from_its_first_call(fixed_world: 
             )
         await app.reload({"store"})
         assert [r.client for r in app._activity.values()] == ["fresh"]
+
+
+def test_a_remote_session_a_server_reaches_is_listed_while_that_server_runs(
+    fixed_world: Path,
+) -> None:
+    from kaimon_kernel._protocol import SessionInfo
+    from kaimon_kernel.dashboard._data import read_sessions
+    from kaimon_kernel.server._activity import ActivityRecorder
+    from kaimon_kernel.server._events import EventBus, SessionCame, SessionWent
+
+    info = SessionInfo(
+        session_id="r1",
+        key="remote01",
+        pid=77,
+        connection_file="",
+        namespace="hub",
+        label="on the hub",
+        cwd="/home/jovyan",
+        python_version="3.12.1",
+        started_at=T0,
+    )
+    path = fixed_world / "jupyter_data_dir" / "kaimon" / "jobs.sqlite3"
+    db, bus = Database(path), EventBus()
+    recorder = ActivityRecorder(
+        db, bus, "stdio", remote_of=lambda key: ("jupyter", info.model_dump_json())
+    )
+    try:
+        bus.publish(SessionCame("remote01"))
+        db.call(lambda c: None, "flush")
+        (row,) = [r for r in read_sessions(Store()) if r.key == "remote01"]
+        assert row.remote == ("jupyter", os.getpid()) and row.alive
+        assert row.info.label == "on the hub"
+        bus.publish(SessionWent("remote01", "gone"))
+        db.call(lambda c: None, "flush")
+        assert not [r for r in read_sessions(Store()) if r.key == "remote01"]
+    finally:
+        recorder.close()
+        db.close()

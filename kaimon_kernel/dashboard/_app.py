@@ -419,7 +419,7 @@ class Dashboard(App[None]):
                 _short(s.info.label, 24),
                 s.status(now),
                 s.info.started_by,
-                _short(s.info.cwd, 40),
+                _short(s.info.cwd if s.remote is None else f"({s.remote[0]}) {s.info.cwd}", 40),
                 str(len(s.tools)),
                 key=s.key,
             )

@@ -42,9 +42,18 @@ OWNER_WRITE_WAIT = 15.0
 def _session_info(key: str) -> SessionInfo:
     provider = LocalProvider()
     found = provider.discover()
-    if key not in found:
-        raise KaimonError(f"session {key} is not served any more (its kernel stopped)")
-    return found[key]
+    if key in found:
+        return found[key]
+    from ._data import Store, read_sessions
+
+    remote = next((r for r in read_sessions(Store()) if r.key == key and r.remote), None)
+    if remote is not None and remote.remote is not None:
+        kind, pid = remote.remote
+        raise KaimonError(
+            f"session {key} is a remote kernel ({kind}) that the kaimon server with pid {pid} "
+            "reaches; act on it through that server's agent (manage_repl), or in its Jupyter"
+        )
+    raise KaimonError(f"session {key} is not served any more (its kernel stopped)")
 
 
 @contextlib.asynccontextmanager

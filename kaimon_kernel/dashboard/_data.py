@@ -111,6 +111,9 @@ class SessionRow:
     jobs: int = 0
     #: What its code pushed for the dashboard (``kaimon_kernel.push_panel``).
     panel: dict[str, Any] = field(default_factory=dict)
+    #: Reached through another provider (e.g. a Jupyter server): its name and the pid of a
+    #: kaimon server that reaches it; None for a kernel on this machine.
+    remote: tuple[str, int] | None = None
 
     @property
     def key(self) -> str:
@@ -325,8 +328,36 @@ def read_sessions(store: Store, running: list[ActivityRow] | None = None) -> lis
                 panels.get(info.key, {}),
             )
         )
+    local = {r.key for r in rows}
+    for key, pid, provider, text in store._query(
+        "SELECT session_key, server_pid, provider, info FROM remote_sessions"
+        " ORDER BY updated_at DESC"
+    ):
+        if key in local or not _pid_alive(pid):
+            continue
+        try:
+            info = SessionInfo.model_validate_json(text)
+        except (ValidationError, ValueError):
+            continue
+        local.add(key)
+        rows.append(
+            SessionRow(
+                info,
+                True,
+                tools.get(key, []),
+                [r for r in running if r.session_key == key and _server_alive(r)],
+                jobs.get(key, 0),
+                panels.get(key, {}),
+                (provider, pid),
+            )
+        )
     rows.sort(key=lambda r: (r.info.started_by == "extension", r.info.started_at))
     return rows
+
+
+def _pid_alive(pid: int) -> bool:
+    identity = ProcessIdentity.of(pid)
+    return identity is not None and identity.alive()
 
 
 _alive_cache: dict[int, tuple[float, bool]] = {}

@@ -58,7 +58,7 @@ def snapshot_text(
                     s.info.label,
                     s.status(now),
                     s.info.started_by,
-                    s.info.cwd,
+                    s.info.cwd if s.remote is None else f"({s.remote[0]}) {s.info.cwd}",
                     ", ".join(s.tools) or "-",
                 )
                 for s in sessions

@@ -35,6 +35,9 @@ from ._events import (
     ExecutionStarted,
     JobPromoted,
     PanelUpdated,
+    SessionCame,
+    SessionChanged,
+    SessionWent,
     ToolCallStarted,
     ToolsChanged,
 )
@@ -86,7 +89,11 @@ def shorten_arguments(arguments: Any, limit: int = ARGUMENTS_MAX) -> str:
 
 class ActivityRecorder:
     """Records this server's tool calls, and the sessions' panels and gate tools (from
-    ``tools_of``: a session key to its tool names, None when it is gone), into ``store``."""
+    ``tools_of``: a session key to its tool names, None when it is gone), into ``store``.
+
+    Sessions reached through another provider than the local one (``remote_of``: a session
+    key to its provider's name and info as JSON, None when local or gone) are recorded too:
+    they have no session file for other processes to read."""
 
     def __init__(
         self,
@@ -94,9 +101,11 @@ class ActivityRecorder:
         bus: EventBus,
         transport: str,
         tools_of: Callable[[str], list[str] | None] | None = None,
+        remote_of: Callable[[str], tuple[str, str] | None] | None = None,
     ) -> None:
         self.store = store
         self.tools_of = tools_of
+        self.remote_of = remote_of
         self.transport = transport
         self.pid = os.getpid()
         self._calls: dict[str, _Call] = {}
@@ -109,11 +118,30 @@ class ActivityRecorder:
             bus.subscribe(self._promoted, JobPromoted),
             bus.subscribe(self._panel, PanelUpdated),
             bus.subscribe(self._tools, ToolsChanged),
+            bus.subscribe(self._remote, SessionCame, SessionChanged, SessionWent),
         ]
 
+    async def __aenter__(self) -> ActivityRecorder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Stop recording; this server's remote sessions are withdrawn from the store."""
+        if not self._unsubscribe:
+            return
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        self._unsubscribe = []
+        pid = self.pid
+
+        def forget(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM remote_sessions WHERE server_pid = ?", (pid,))
+
+        with contextlib.suppress(Exception):
+            self.store.post(forget, "forgetting this server's remote sessions")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -227,6 +255,30 @@ class ActivityRecorder:
                 )
 
         self.store.post(save, f"saving the tools of session {event.session}")
+
+    def _remote(self, event: SessionCame | SessionChanged | SessionWent) -> None:
+        found = (
+            None
+            if isinstance(event, SessionWent) or not self.remote_of
+            else (self.remote_of(event.session))
+        )
+        key, pid = event.session, self.pid
+
+        def save(db: sqlite3.Connection) -> None:
+            with db:
+                if found is None:
+                    db.execute(
+                        "DELETE FROM remote_sessions WHERE session_key = ? AND server_pid = ?",
+                        (key, pid),
+                    )
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO remote_sessions (session_key, server_pid,"
+                        " provider, info, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        (key, pid, found[0], found[1], time.time()),
+                    )
+
+        self.store.post(save, f"recording remote session {key}")
 
 
 def _evict(db: sqlite3.Connection) -> None:

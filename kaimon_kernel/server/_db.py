@@ -86,7 +86,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: which server follows a job (JSON identity): another server recovers only orphans
     ("ALTER TABLE jobs ADD COLUMN server TEXT",),
     # 4: every tool call of every server (the dashboard's Activity), the panels that
-    # sessions pushed (push_panel) and their gate tools, for readers in other processes
+    # sessions pushed (push_panel), their gate tools, and the remote sessions servers reach,
+    # for readers in other processes
     (
         """CREATE TABLE IF NOT EXISTS activity (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,6 +113,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             session_key TEXT PRIMARY KEY,
             tools TEXT NOT NULL,
             updated_at REAL NOT NULL
+        )""",
+        # sessions a server reaches through another provider (no session file here)
+        """CREATE TABLE IF NOT EXISTS remote_sessions (
+            session_key TEXT NOT NULL,
+            server_pid INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            info TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (session_key, server_pid)
         )""",
     ),
 )

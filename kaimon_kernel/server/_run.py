@@ -166,6 +166,19 @@ def _tool_names(kaimon: Kaimon) -> Any:
     return names
 
 
+def _remote_session(kaimon: Kaimon) -> Any:
+    """A session's provider and info (JSON) when not local: other processes cannot see it."""
+
+    def remote(key: str) -> tuple[str, str] | None:
+        session = kaimon.registry.sessions.get(key)
+        name = getattr(session.provider, "name", "local") if session else "local"
+        if session is None or name == "local":
+            return None
+        return name, session.info.model_dump_json()
+
+    return remote
+
+
 def _on_signal(sig: int, stop: asyncio.Event) -> None:
     logger.info("signal %s: shutting down", sig)
     stop.set()
@@ -204,9 +217,17 @@ def serve_forever(
         try:
             kaimon = Kaimon(options)
             recorder = ActivityRecorder(
-                kaimon.store, kaimon.bus, "http" if http else "stdio", _tool_names(kaimon)
+                kaimon.store,
+                kaimon.bus,
+                "http" if http else "stdio",
+                _tool_names(kaimon),
+                _remote_session(kaimon),
             )
-            async with kaimon.running(), supervising(options.extension_backoff, kaimon):
+            async with (
+                kaimon.running(),
+                supervising(options.extension_backoff, kaimon),
+                recorder,
+            ):
                 if stop.is_set():
                     return
                 if settings is not None:

@@ -230,3 +230,36 @@ def test_a_remote_session_a_server_reaches_is_listed_while_that_server_runs(
     finally:
         recorder.close()
         db.close()
+
+
+def test_old_log_files_of_gone_servers_go_and_a_running_servers_stays(
+    fixed_world: Path,
+) -> None:
+    import logging
+
+    from kaimon_kernel.server._activity import KEEP_LOG_FILES, log_dir, log_to_file
+
+    folder = log_dir()
+    live = folder / f"server-{os.getppid()}.log"  # our parent: a running process
+    live.write_text("x\n")
+    os.utime(live, (1, 1))  # the oldest of all
+    for n in range(KEEP_LOG_FILES + 5):
+        dead = folder / f"server-{4_000_000 + n}.log"
+        dead.write_text("x\n")
+        os.utime(dead, (100 + n, 100 + n))
+    root, ours = logging.getLogger(), logging.getLogger("kaimon_kernel")
+    before = [(h, h.level) for h in root.handlers]
+    level = ours.level
+    try:
+        mine = log_to_file("stdio")
+        logging.getLogger("kaimon_kernel.test").info("a line for the dashboard")
+    finally:  # the logging of this test process as it was
+        for handler in root.handlers[len(before) :]:
+            handler.close()
+            root.removeHandler(handler)
+        for handler, was in before:
+            handler.setLevel(was)
+        ours.setLevel(level)
+    assert live.exists()
+    assert "stdio INFO kaimon_kernel.test: a line for the dashboard" in mine.read_text()
+    assert len(list(folder.glob("server-*.log"))) == KEEP_LOG_FILES + 2

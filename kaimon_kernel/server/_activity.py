@@ -310,9 +310,14 @@ def log_to_file(transport: str, level: str = "WARNING") -> Path:
     """Also write this server's log to ``<data dir>/logs/server-<pid>.log`` (rotated at
     :data:`LOG_BYTES`), at INFO for kaimon's own loggers; stderr keeps ``level``.
     Files of servers that are gone are removed beyond the newest :data:`KEEP_LOG_FILES`."""
+    from .providers import pid_alive
+
     folder = log_dir()
     files = sorted(folder.glob("server-*.log*"), key=_mtime, reverse=True)
     for old in files[KEEP_LOG_FILES:]:
+        pid = old.name.split("-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue  # a running server's
         with contextlib.suppress(OSError):
             old.unlink()
     path = folder / f"server-{os.getpid()}.log"

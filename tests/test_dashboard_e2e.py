@@ -347,3 +347,37 @@ async def test_interrupt_and_live_view_keys_act_on_the_selected_session(
         await pilot.press("m")
         await until(lambda: "live view on" in app.last_result, "mirror on")
         assert person.run("print(current_gate().view.enabled)") == ("ok", "True\n")
+
+
+async def test_a_mirror_default_turned_off_while_a_server_runs_applies_to_kernels_agents_start(
+    tmp_path: Path,
+) -> None:
+    config = Path(os.environ["JUPYTER_CONFIG_DIR"]) / "kaimon.json"
+    before = config.read_text() if config.exists() else None
+    project = tmp_path / "project"
+    project.mkdir()
+    try:
+        async with stdio_client(cwd=project) as client:
+            from kaimon_kernel.dashboard._data import save_setting
+
+            save_setting("mirror", "off")
+            probe = "from kaimon_kernel.gate._gate import current_gate\ncurrent_gate().view.enabled"
+            deadline = time.monotonic() + DEADLINE
+            while True:  # the server applies the file once its watch sees it
+                started = await client.call_tool("start_session", {"project_path": str(project)})
+                key = started.structured_content["key"]
+                shown = None
+                for _ in range(50):
+                    shown = text_of(await client.call_tool("ex", {"code": probe, "session": key}))
+                    if shown.strip() == "False":
+                        break
+                    await asyncio.sleep(0.05)
+                await client.call_tool("manage_repl", {"command": "shutdown", "session": key})
+                if shown.strip() == "False":
+                    break
+                assert time.monotonic() < deadline, f"the live view stayed on: {shown}"
+    finally:
+        if before is None:
+            config.unlink(missing_ok=True)
+        else:
+            config.write_text(before)

@@ -271,6 +271,7 @@ class Dashboard(App[None]):
         self.call_after_refresh(self._start)
 
     async def _start(self) -> None:
+        self.query_one("#activity-table", DataTable).focus()
         await self.reload({"store", "sessions", "extensions", "config", "log"})
         if self.watch:
             self._watch()
@@ -378,7 +379,7 @@ class Dashboard(App[None]):
             if row.id in self._activity:
                 self._activity[row.id] = row
                 for column, value in zip(("duration", "status"), self._cells(row)[6:], strict=True):
-                    table.update_cell(str(row.id), column, value)
+                    table.update_cell(str(row.id), column, value, update_width=True)
         if not new:
             return
         added = sorted(new, key=lambda r: r.id)[-self.max_rows :]
@@ -397,6 +398,11 @@ class Dashboard(App[None]):
     def _cells(self, row: ActivityRow) -> tuple[Any, ...]:
         status = running_status(row)
         style = {"ok": "green", "error": "red", "running": "yellow", "lost": "magenta"}
+        if row.eval_id:  # the call returned; its code goes on as a background job
+            return (*self._base_cells(row), Text(f"job {row.eval_id}", style="cyan"))
+        return (*self._base_cells(row), Text(status, style=style.get(status, "")))
+
+    def _base_cells(self, row: ActivityRow) -> tuple[Any, ...]:
         return (
             row.id,
             _clock_text(row.started_at),
@@ -405,7 +411,6 @@ class Dashboard(App[None]):
             row.tool,
             _short(row.arguments.replace("\n", "⏎"), 60),
             "" if row.duration is None else f"{row.duration:.3f} s",
-            Text(status, style=style.get(status, "")),
         )
 
     def _show_sessions(self) -> None:
@@ -647,8 +652,12 @@ class Dashboard(App[None]):
         self.query_one(TabbedContent).active = tab
 
     @on(TabbedContent.TabActivated)
-    def _tab_changed(self) -> None:
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
+        # the arrows and Enter go to the view's table at once
+        for widget in event.pane.query("DataTable, Log"):
+            widget.focus()
+            break
 
     def action_help(self) -> None:
         lines = [

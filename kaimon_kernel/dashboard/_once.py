@@ -82,7 +82,7 @@ def snapshot_text(
                     c.tool,
                     c.arguments,
                     "" if c.duration is None else f"{c.duration:.3f} s",
-                    running_status(c),
+                    f"job {c.eval_id}" if c.eval_id else running_status(c),
                     c.block_id or "",
                 )
                 for c in calls

@@ -381,3 +381,16 @@ async def test_a_mirror_default_turned_off_while_a_server_runs_applies_to_kernel
             config.unlink(missing_ok=True)
         else:
             config.write_text(before)
+
+
+def test_without_a_terminal_it_prints_the_snapshot_instead() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kaimon_kernel", "dashboard"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=os.environ,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "not a terminal" in out.stderr and "== Activity" in out.stdout

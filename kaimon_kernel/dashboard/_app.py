@@ -291,8 +291,8 @@ class Dashboard(App[None]):
     async def reload(self, kinds: set[str]) -> None:
         """Read what ``kinds`` concern again and show it."""
         async with self._loading:
-            if "store" in kinds:
-                kinds = kinds | {"sessions", "jobs", "activity", "extensions"}
+            if "store" in kinds:  # the extensions' registry and manifests: not from it
+                kinds = kinds | {"sessions", "jobs", "activity", "panels"}
             data = await asyncio.to_thread(self._read, kinds)
             self._show(data)
             self._tick_when_needed()
@@ -317,6 +317,8 @@ class Dashboard(App[None]):
                 data["jobs"] = self.store.jobs(self.max_rows)
             if "extensions" in kinds:
                 data["extensions"] = read_extensions(self.store)
+            elif "panels" in kinds and self.extensions:
+                data["panels"] = (self.store.panels(), self.store.session_tools())
             if "config" in kinds:
                 data["config"] = read_config()
             if "log" in kinds:
@@ -337,12 +339,22 @@ class Dashboard(App[None]):
             self._last_id = 0
         if "activity" in data:
             self._show_activity(data["activity"], data.get("changed", []))
-        if "sessions" in data:
+        # unchanged views are not redrawn (under load the store changes many times a second)
+        if "sessions" in data and data["sessions"] != self.sessions:
             self.sessions = data["sessions"]
             self._show_sessions()
-        if "jobs" in data:
+        if "jobs" in data and data["jobs"] != self.jobs:
             self.jobs = data["jobs"]
             self._show_jobs()
+        if "panels" in data:
+            panels, tools = data["panels"]
+            changed = False
+            for ext in self.extensions:
+                panel, names = panels.get(ext.key, {}), tools.get(ext.key, [])
+                if (panel, names) != (ext.panel, ext.tools):
+                    ext.panel, ext.tools, changed = panel, names, True
+            if changed:
+                self._show_extensions(getattr(self, "_extension_note", ""))
         if "extensions" in data:
             self.extensions, note = data["extensions"]
             self._show_extensions(note)

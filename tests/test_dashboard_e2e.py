@@ -394,3 +394,43 @@ def test_without_a_terminal_it_prints_the_snapshot_instead() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "not a terminal" in out.stderr and "== Activity" in out.stdout
+
+
+PANEL_EXTENSION = '''
+from kaimon_kernel import GateTool, push_panel
+
+def bump(n: int) -> int:
+    """Count up, and show the count in the dashboard."""
+    push_panel({"count": n, "status": "bumped"})
+    return n
+
+def create_tools():
+    return [GateTool("bump", bump)]
+'''
+
+
+async def test_an_extensions_pushed_panel_shows_in_its_detail(tmp_path: Path) -> None:
+    project = tmp_path / "counter_ext"
+    (project / "counter_ext").mkdir(parents=True)
+    (project / "counter_ext" / "__init__.py").write_text(PANEL_EXTENSION)
+    (project / "kaimon.toml").write_text(
+        '[extension]\nnamespace = "counter"\nmodule = "counter_ext"\n'
+        'tools_function = "create_tools"\n'
+    )
+    app = Dashboard()
+    async with app.run_test(size=(140, 40)) as pilot, stdio_client() as client:
+        await pilot.press("4", "a", *str(project), "enter")
+        await until(lambda: app.extensions and app.extensions[0].state == "running", "running", 90)
+        deadline = time.monotonic() + 60
+        while True:  # its tools appear once this server has connected to it
+            result = await client.call_tool("counter_bump", {"n": 7})
+            if not result.is_error:
+                break
+            assert time.monotonic() < deadline, text_of(result)
+            await asyncio.sleep(0.2)
+        await until(lambda: app.extensions[0].panel.get("count") == 7, "the panel")
+        detail = app.query_one("#extension-detail", Static)
+        await until(lambda: "count: 7" in str(detail.render()), "the panel shown")
+        assert "counter_bump" in str(detail.render())
+        await pilot.press("x")
+        await until(lambda: not app.extensions, "removed")

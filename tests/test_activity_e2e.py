@@ -65,3 +65,37 @@ async def test_a_server_writes_its_log_to_a_file_the_dashboard_reads(
         files = wait_until(lambda: list(logs.glob("server-*.log")), what="a log file")
     text = "".join(f.read_text() for f in files)
     assert " stdio " in text
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_call_over_http_names_its_client_in_either_protocol(
+    person: PersonKernel, mode: str
+) -> None:
+    import httpx2
+    from conftest import HttpServer
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import Implementation
+
+    token = "activity-token-" + "x" * 20
+    server = HttpServer(env={"KAIMON_TOKEN": token})
+    name = f"agent-{mode}"
+    try:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(
+                streamable_http_client(server.url, http_client=http),
+                mode=mode,
+                client_info=Implementation(name=name, version="1.0"),
+            ) as client,
+        ):
+            await client.call_tool("ex", {"code": "'over http'"})
+
+            def recorded() -> list[dict]:
+                return [r for r in activity_rows() if r["client"] == name and r["duration"]]
+
+            (row,) = wait_until(recorded, what="the call in the activity log")
+    finally:
+        server.stop()
+    assert row["transport"] == "http" and row["server_pid"] == server.proc.pid
+    assert row["session_key"] == person.key and row["status"] == "ok"

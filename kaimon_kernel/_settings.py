@@ -210,6 +210,11 @@ class Settings(BaseSettings):
         "notification says it still runs (keeps clients that reset their timeout on "
         "progress waiting); 0: never",
     )
+    mirror: bool = Field(
+        True,
+        description="the live view starts on in kernels agents start (false: paused until "
+        "set_option or %kaimon mirror on); running servers follow a change in kaimon.json",
+    )
     extension_backoff: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [5.0, 10.0, 30.0, 60.0],
         min_length=1,

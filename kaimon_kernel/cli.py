@@ -1,5 +1,5 @@
 """The ``kaimon`` command: ``serve``, ``token``, ``kernelspec install``, ``sessions``,
-``setup``."""
+``dashboard``, ``setup``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sessions", help="list the kernels served on this machine")
 
+    d = sub.add_parser(
+        "dashboard",
+        help="every session, agent call, job and extension on this machine, live (Textual)",
+    )
+    d.add_argument("--once", action="store_true", help="print a plain-text snapshot and exit")
+
     pr = sub.add_parser("projects", help="directories where agents may start kernels")
     psub = pr.add_subparsers(dest="action", required=True)
     psub.add_parser("list", help="list them")
@@ -150,12 +156,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .server._run import serve_forever, server_options
 
-        settings = load_settings({name: getattr(args, name) for name in SETTINGS_FLAGS})
+        flags = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+        settings = load_settings(flags)
         logging.basicConfig(
             level=settings.log_level,
             stream=sys.stderr,
             format="kaimon %(levelname)s %(name)s: %(message)s",
         )
+        from .server._activity import log_to_file
+
+        log_to_file("http" if settings.http else "stdio", settings.log_level)
         token = load_or_create_token() if settings.http and settings.auth else None
         serve_forever(
             server_options(settings),
@@ -163,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             token=token,
+            settings=settings,
+            flags=flags,
         )
         return 0
     if args.command == "token":
@@ -191,6 +203,10 @@ def _run(args: argparse.Namespace) -> int:
             print("no kernel is served (run `%kaimon serve` in a notebook)")
         print("(watched: " + ", ".join(map(str, dirs)) + ")")
         return 0
+    if args.command == "dashboard":
+        from .dashboard import run as run_dashboard
+
+        return run_dashboard(once=args.once)
     if args.command == "projects":
         if projects_overridden():
             print(

@@ -85,6 +85,45 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: which server follows a job (JSON identity): another server recovers only orphans
     ("ALTER TABLE jobs ADD COLUMN server TEXT",),
+    # 4: every tool call of every server (the dashboard's Activity), the panels that
+    # sessions pushed (push_panel), their gate tools, and the remote sessions servers reach,
+    # for readers in other processes
+    (
+        """CREATE TABLE IF NOT EXISTS activity (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            client TEXT NOT NULL,
+            server_pid INTEGER NOT NULL,
+            transport TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            session_key TEXT,
+            block_id TEXT,
+            eval_id TEXT,
+            duration REAL,
+            status TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS activity_status ON activity (status)",
+        """CREATE TABLE IF NOT EXISTS panels (
+            session_key TEXT PRIMARY KEY,
+            panel TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS session_tools (
+            session_key TEXT PRIMARY KEY,
+            tools TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        # sessions a server reaches through another provider (no session file here)
+        """CREATE TABLE IF NOT EXISTS remote_sessions (
+            session_key TEXT NOT NULL,
+            server_pid INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            info TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (session_key, server_pid)
+        )""",
+    ),
 )
 
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # type: ignore[attr-defined]

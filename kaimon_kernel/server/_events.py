@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = [
+    "ClientCallFinished",
+    "ClientCallStarted",
     "Event",
     "EventBus",
     "ExecutionFinished",
@@ -105,6 +107,24 @@ class ToolCallStarted(Event):
 @dataclass(frozen=True)
 class ToolCallFinished(Event):
     tool: str
+    call_id: str
+    is_error: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ClientCallStarted(Event):
+    """A client called a tool through a front (any tool: built-in or gate). ``session`` is
+    empty: which session it concerns is learnt as it runs (the activity log)."""
+
+    call_id: str
+    client: str
+    tool: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ClientCallFinished(Event):
     call_id: str
     is_error: bool
     seconds: float

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,13 @@ from .._settings import Settings, load_settings
 from ._block_tools import add_block_tools
 from ._callback import add_server_calls
 from ._core import GateToolRef, Kaimon
-from ._events import SessionCame, SessionWent, ToolsChanged
+from ._events import (
+    ClientCallFinished,
+    ClientCallStarted,
+    SessionCame,
+    SessionWent,
+    ToolsChanged,
+)
 from ._extension_tools import EXTENSION_TOOLS, add_extension_tools, extension_tools_listed
 from ._heartbeat import Heartbeat
 from ._instructions import INSTRUCTIONS, add_prompts
@@ -81,7 +88,10 @@ class KaimonMCP(MCPServer):
     # -- middleware ----------------------------------------------------------------------------
 
     async def _middleware(self, ctx: Any, call_next: Any) -> Any:
-        result = await call_next(ctx)
+        if ctx.method == "tools/call" and self.kaimon.bus.wants(ClientCallStarted):
+            result = await self._recorded(ctx, call_next)
+        else:
+            result = await call_next(ctx)
         method = ctx.method
         if method == "initialize" and isinstance(result, dict):
             # Clients of the handshake era learn of list_changed from this capability; gate
@@ -95,6 +105,28 @@ class KaimonMCP(MCPServer):
             if getattr(ctx, "protocol_version", MODERN_PROTOCOL) != MODERN_PROTOCOL:
                 self._legacy_sessions.add(ctx.session)
         return result
+
+    async def _recorded(self, ctx: Any, call_next: Any) -> Any:
+        """A tools/call, announced to the core's bus (the activity log) with its client."""
+        params = ctx.params or {}
+        call_id = uuid.uuid4().hex[:12]
+        bus = self.kaimon.bus
+        bus.publish(
+            ClientCallStarted(
+                "", call_id, _client_name(ctx), str(params.get("name")), params.get("arguments")
+            )
+        )
+        started, failed = time.monotonic(), True
+        try:
+            result = await call_next(ctx)
+            failed = bool(
+                result.get("isError")
+                if isinstance(result, dict)
+                else getattr(result, "is_error", False)
+            )
+            return result
+        finally:
+            bus.publish(ClientCallFinished("", call_id, failed, time.monotonic() - started))
 
     # -- tools/list and tools/call -----------------------------------------------------------
 
@@ -247,6 +279,17 @@ def refuse_unknown_arguments(tool: Tool | None, arguments: Mapping[str, Any]) ->
             f"{tool.name}: unknown argument{'s' if len(unknown) > 1 else ''} {names}; "
             f"{tool.name} accepts: {', '.join(accepted) or '(no arguments)'}"
         )
+
+
+def _client_name(ctx: Any) -> str:
+    """The calling client's ``clientInfo`` name (the handshake's, or the request envelope's)."""
+    params = getattr(ctx.session, "client_params", None)
+    info = getattr(params, "client_info", None)
+    if info is not None and info.name:
+        return str(info.name)
+    meta = (ctx.params or {}).get("_meta") or {}
+    envelope = next((v for k, v in meta.items() if k.endswith("clientInfo")), None)
+    return str(envelope.get("name", "?")) if isinstance(envelope, dict) else "?"
 
 
 def tool_error(err: KaimonError) -> CallToolResult:

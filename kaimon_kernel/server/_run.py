@@ -16,13 +16,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._errors import KaimonError
 from .._settings import Settings
 from ..extensions import supervising
+from ._activity import ActivityRecorder
 from ._core import Kaimon, ServerOptions
+from ._follow_config import ConfigFollower
 from ._http import BearerAuth, check_bind, transport_security
 from ._mcp import build_mcp
 
@@ -153,6 +155,30 @@ async def run_http(
             sock.close()
 
 
+def _tool_names(kaimon: Kaimon) -> Any:
+    """A session's gate tools as agents see them (for the activity log's readers)."""
+
+    def names(key: str) -> list[str] | None:
+        if key not in kaimon.registry.sessions:
+            return None
+        return sorted(n for n, ref in kaimon.gate_tools().items() if ref.session.key == key)
+
+    return names
+
+
+def _remote_session(kaimon: Kaimon) -> Any:
+    """A session's provider and info (JSON) when not local: other processes cannot see it."""
+
+    def remote(key: str) -> tuple[str, str] | None:
+        session = kaimon.registry.sessions.get(key)
+        name = getattr(session.provider, "name", "local") if session else "local"
+        if session is None or name == "local":
+            return None
+        return name, session.info.model_dump_json()
+
+    return remote
+
+
 def _on_signal(sig: int, stop: asyncio.Event) -> None:
     logger.info("signal %s: shutting down", sig)
     stop.set()
@@ -165,9 +191,13 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 2828,
     token: str | None = None,
+    settings: Settings | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the server until stdin closes (stdio), or until SIGINT, SIGTERM or SIGHUP.
 
+    Its tool calls go to the activity log in the store. Given ``settings`` (and the command
+    line ``flags`` they were loaded with), it follows changes of kaimon.json while it runs.
     Raises KaimonError before starting anything when the HTTP address cannot be bound.
     """
     sockets = None
@@ -182,11 +212,27 @@ def serve_forever(
             with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
                 loop.add_signal_handler(sig, _on_signal, sig, stop)
         task: asyncio.Task[None] | None = None
+        following: asyncio.Task[None] | None = None
+        recorder: ActivityRecorder | None = None
         try:
             kaimon = Kaimon(options)
-            async with kaimon.running(), supervising(options.extension_backoff, kaimon):
+            recorder = ActivityRecorder(
+                kaimon.store,
+                kaimon.bus,
+                "http" if http else "stdio",
+                _tool_names(kaimon),
+                _remote_session(kaimon),
+            )
+            async with (
+                kaimon.running(),
+                supervising(options.extension_backoff, kaimon),
+                recorder,
+            ):
                 if stop.is_set():
                     return
+                if settings is not None:
+                    follower = ConfigFollower(kaimon, flags or {}, settings)
+                    following = asyncio.create_task(follower.run(), name="kaimon-config")
                 task = asyncio.create_task(
                     run_http(kaimon, host, port, token, sockets=sockets, stop=stop)
                     if http
@@ -203,6 +249,10 @@ def serve_forever(
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
+            if following is not None:
+                following.cancel()
+            if recorder is not None:
+                recorder.close()
             for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

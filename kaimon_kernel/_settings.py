@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_PROMOTE_AFTER",
     "ENV_PREFIX",
+    "JupyterServerSetting",
     "LaunchSettings",
     "Settings",
     "SettingsError",
@@ -127,6 +128,35 @@ def _finite(value: float) -> float:
     return value
 
 
+class JupyterServerSetting(BaseModel):
+    """One Jupyter Server (or kernel gateway) whose served kernels kaimon lists: its URL,
+    and a file holding its token (else ``JUPYTER_TOKEN``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1)
+    token_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s):// URL of a Jupyter Server")
+        return value.strip()
+
+    def token(self) -> tuple[str | None, str]:
+        """The token and where it came from (for errors; never the token itself)."""
+        if self.token_file is not None:
+            path = self.token_file.expanduser()
+            try:
+                return path.read_text().strip() or None, f"the token file {path}"
+            except OSError as err:
+                raise SettingsError(
+                    f"cannot read the Jupyter token file {path}: {err.strerror or err}"
+                ) from None
+        return os.environ.get("JUPYTER_TOKEN") or None, "the JUPYTER_TOKEN variable"
+
+
 class Settings(BaseSettings):
     """How ``kaimon serve`` runs. Build it with :func:`load_settings` to get the precedence
     (command line > ``KAIMON_*`` environment > kaimon.json > defaults); ``Settings(**values)``
@@ -163,6 +193,11 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="HTTP needs the bearer token")
     log_level: str = Field("WARNING", description="logging level on stderr")
     cwd: Path = Field(default_factory=Path.cwd, description="the server's working directory")
+    jupyter: list[JupyterServerSetting] = Field(
+        default_factory=list,
+        description='Jupyter Servers whose served kernels are listed too: [{"url": ..., '
+        '"token_file": ...}] (the token from token_file, else JUPYTER_TOKEN)',
+    )
 
     @field_validator("promote_after", "cancel_grace", mode="before")
     @classmethod

@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         f"interrupts the kernel (default $KAIMON_CANCEL_GRACE or {DEFAULT_CANCEL_GRACE:g})",
     )
     s.add_argument("--log-level", default=None, help="default WARNING")
+    s.add_argument(
+        "--jupyter",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="also list the served kernels of this Jupyter Server or gateway (repeatable); "
+        "its token from --jupyter-token-file or $JUPYTER_TOKEN",
+    )
+    s.add_argument("--jupyter-token-file", default=None, metavar="PATH")
 
     t = sub.add_parser("token", help="print the HTTP bearer token (generated once, stored 0600)")
     t.add_argument("--path", action="store_true", help="print where it is stored instead")
@@ -109,9 +118,14 @@ def _run(args: argparse.Namespace) -> int:
     from ._paths import load_or_create_token, token_file
 
     if args.command == "serve":
-        from .server._run import serve_forever, server_options
+        from .server._run import jupyter_providers, serve_forever, server_options
 
-        settings = load_settings({name: getattr(args, name) for name in SETTINGS_FLAGS})
+        cli = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+        if args.jupyter:
+            cli["jupyter"] = [
+                {"url": url, "token_file": args.jupyter_token_file} for url in args.jupyter
+            ]
+        settings = load_settings(cli)
         logging.basicConfig(
             level=settings.log_level,
             stream=sys.stderr,
@@ -124,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             token=token,
+            providers=jupyter_providers(settings),
         )
         return 0
     if args.command == "token":

@@ -38,7 +38,7 @@ from ._jobs import Job, JobStatus, JobStore
 from ._kernel import KernelSession
 from ._policy import allowed_roots, export_target, too_wide
 from ._sessions import Registry
-from .providers import LaunchRequest, reap_orphans
+from .providers import KernelProvider, LaunchRequest, reap_orphans
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
@@ -155,7 +155,9 @@ class Kaimon:
                 await task
             for job_task in list(self._job_tasks):
                 job_task.cancel()
-            await self.registry.local.close()
+            for provider in self.registry.providers:
+                with contextlib.suppress(Exception):
+                    await provider.close()
             await self.registry.close()
             await self.store.aclose()
 
@@ -241,16 +243,25 @@ class Kaimon:
         name: str | None = None,
         python: str | None = None,
         key: str | None = None,
+        provider: KernelProvider | None = None,
     ) -> KernelSession:
-        """Start a kernel with the gate served in ``cwd``; returns once its gate answers."""
+        """Start a kernel with the gate served in ``cwd`` (on ``provider``, by default this
+        machine); returns once its gate answers."""
         key = key or uuid.uuid4().hex[:8]
-        local = self.registry.local
+        local = provider or self.registry.local
         await local.launch(LaunchRequest(cwd=cwd, key=key, python=python, label=name))
-        return await self._wait_served(key)
+        return await self._wait_served(key, provider=local)
 
-    async def _wait_served(self, key: str, old: KernelSession | None = None) -> KernelSession:
-        """Until session ``key`` (not ``old``: the kernel it replaces) answers."""
-        local = self.registry.local
+    async def _wait_served(
+        self,
+        key: str,
+        old: KernelSession | None = None,
+        provider: KernelProvider | None = None,
+        stop: bool = True,
+    ) -> KernelSession:
+        """Until session ``key`` (not ``old``: the kernel it replaces) answers; on failure
+        its kernel is stopped if ``stop``."""
+        local: Any = provider or self.registry.local
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             session = await self.registry.wait_for(key, 0.5)
@@ -260,10 +271,12 @@ class Kaimon:
                 await self.registry.scan()
             exited = local.exited(key)
             if exited:
-                await local.shutdown(key)
+                if stop:
+                    await local.shutdown(key)
                 raise KaimonError(f"the kernel did not start: {exited}")
             if time.monotonic() > deadline:
-                await local.shutdown(key)
+                if stop:
+                    await local.shutdown(key)
                 raise KaimonError(
                     f"the kernel did not serve the gate within {START_TIMEOUT:.0f} s; "
                     f"log: {local.log_file(key)}"
@@ -285,10 +298,12 @@ class Kaimon:
         """A fresh kernel under the same session key and label: all state is lost."""
         await self._check_may_restart(session)
         key, old_pid = session.key, session.info.pid
-        local = self.registry.local
+        local = session.provider
         if local.owns(key):
             await local.restart(key)
-            return await self._wait_served(key, old=session)
+            # a person's remote kernel is never stopped for being slow to serve again
+            stop = local is self.registry.local
+            return await self._wait_served(key, old=session, provider=local, stop=stop)
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
         await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
@@ -308,7 +323,7 @@ class Kaimon:
     async def shutdown(self, session: KernelSession) -> str:
         """Stop a session's kernel; returns what became of it."""
         await self._check_may_restart(session)
-        local = self.registry.local
+        local = session.provider
         if local.owns(session.key):
             await local.shutdown(session.key)
             await self.registry.scan()

@@ -16,16 +16,19 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._errors import KaimonError
 from .._settings import Settings
 from ._core import Kaimon, ServerOptions
 from ._http import BearerAuth, check_bind, transport_security
+from ._jupyter_api import JupyterAPI
 from ._mcp import build_mcp
+from ._sessions import Registry
+from .providers import JupyterServerProvider, KernelProvider, LocalProvider
 
-__all__ = ["bind", "run_http", "run_stdio", "serve_forever", "server_options"]
+__all__ = ["bind", "jupyter_providers", "run_http", "run_stdio", "serve_forever", "server_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,16 @@ def server_options(settings: Settings) -> ServerOptions:
         cancel_grace=settings.cancel_grace,
         cwd=str(settings.cwd),
     )
+
+
+def jupyter_providers(settings: Settings) -> list[KernelProvider]:
+    """A provider for every Jupyter Server in the settings (tokens read now)."""
+    providers: list[KernelProvider] = []
+    for server in settings.jupyter:
+        token, source = server.token()
+        api = JupyterAPI(server.url, token, token_source=source)
+        providers.append(JupyterServerProvider(api))
+    return providers
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -163,8 +176,10 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 2828,
     token: str | None = None,
+    providers: Sequence[KernelProvider] = (),
 ) -> None:
     """Run the server until stdin closes (stdio), or until SIGINT, SIGTERM or SIGHUP.
+    Kernels are found on this machine and with ``providers`` (e.g. Jupyter Servers).
 
     Raises KaimonError before starting anything when the HTTP address cannot be bound.
     """
@@ -181,7 +196,8 @@ def serve_forever(
                 loop.add_signal_handler(sig, _on_signal, sig, stop)
         task: asyncio.Task[None] | None = None
         try:
-            kaimon = Kaimon(options)
+            registry = Registry([LocalProvider(), *providers]) if providers else None
+            kaimon = Kaimon(options, registry)
             async with kaimon.running():
                 if stop.is_set():
                     return

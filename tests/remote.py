@@ -1,0 +1,181 @@
+"""The person's side on a Jupyter Server: notebooks whose kernels run cells over the WebSocket.
+
+A plain client (``websocket-client``, JSON framing), independent of kaimon's own transport.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import websocket
+from conftest import DEADLINE, JupyterServer
+
+
+class RemoteNotebook:
+    """A notebook session on ``server``: its kernel, driven like JupyterLab does."""
+
+    def __init__(self, server: JupyterServer, path: str = "analysis.ipynb") -> None:
+        self.server = server
+        self.path = path
+        model = server.api(
+            "POST",
+            "/api/sessions",
+            {"path": path, "name": path, "type": "notebook", "kernel": {"name": "python3"}},
+        )
+        self.kernel_id: str = model["kernel"]["id"]
+        self.key: str | None = None
+
+    def run(self, code: str, timeout: float = DEADLINE) -> tuple[str, str]:
+        """Run a cell; (status, what it printed or showed, as text)."""
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.server.port}/api/kernels/{self.kernel_id}/channels"
+            f"?session_id={uuid.uuid4().hex}",
+            header=[f"Authorization: token {self.server.token}"],
+            timeout=timeout,
+        )
+        msg_id = uuid.uuid4().hex
+        ws.send(
+            json.dumps(
+                {
+                    "channel": "shell",
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "person",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {"code": code, "silent": False, "store_history": True},
+                }
+            )
+        )
+        parts: list[str] = []
+        status, idle = None, False
+        deadline = time.monotonic() + timeout
+        try:
+            while status is None or not idle:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the cell did not finish within {timeout} s")
+                raw = ws.recv()
+                msg = json.loads(raw) if isinstance(raw, str) else None
+                if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind, c = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    parts.append(c["text"])
+                elif kind in ("execute_result", "display_data"):
+                    parts.append(c["data"].get("text/plain", "") + "\n")
+                elif kind == "error":
+                    parts.append(f"{c['ename']}: {c['evalue']}\n")
+                elif kind == "execute_reply":
+                    status = c["status"]
+                elif kind == "status" and c["execution_state"] == "idle":
+                    idle = True
+        finally:
+            ws.close()
+        return status, "".join(parts)
+
+    def serve(self, args: str = "") -> str:
+        status, out = self.run(f"%load_ext kaimon_kernel\n%kaimon serve {args}")
+        assert status == "ok", out
+        assert "serving session" in out, out
+        self.key = out.split("serving session ", 1)[1].split()[0]
+        return self.key
+
+    def model(self) -> dict[str, Any]:
+        return self.server.api("GET", f"/api/kernels/{self.kernel_id}")
+
+
+class DelayingProxy:
+    """A TCP proxy on loopback that adds ``delay`` seconds to every chunk, and can cut every
+    connection (a dropped link). Bounded: it serves until :meth:`close`."""
+
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Drop every open connection (new ones are still accepted)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        self.cut()
+
+
+@contextmanager
+def env(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for a block."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -4,9 +4,7 @@ start_session there, and the faults (unreachable, token refused, kernel deleted)
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -100,5 +98,104 @@ async def test_a_served_remote_kernel_is_listed_with_its_server_and_notebook_and
     served.run("shared = 41")
     result = await kaimon.call_tool("ex", {"code": "shared + 1"})
     assert "42" in text_of(result)
-    for text in (text_of(listing), str(listing.structured_content), text):
-        assert jserver.token not in text
+    for shown in (text_of(listing), str(listing.structured_content), text):
+        assert jserver.token not in shown
+
+
+async def test_restart_and_interrupt_go_through_the_servers_rest_api_and_keep_the_kernel_id(
+    kaimon: Any, notebooks: Any, jserver: JupyterServer
+) -> None:
+    nb = notebooks()
+    row = await listed(kaimon, nb.key)
+    await kaimon.call_tool("ex", {"code": "x = 1"})
+    restarted = await kaimon.call_tool("manage_repl", {"command": "restart"})
+    assert not restarted.is_error, text_of(restarted)
+    assert restarted.structured_content["key"] == nb.key
+    assert restarted.structured_content["pid"] != row["pid"]
+    assert nb.model()["id"] == nb.kernel_id  # the same kernel to JupyterLab: no new one
+    result = await kaimon.call_tool("ex", {"code": "'x' in globals()"})
+    assert "False" in text_of(result), text_of(result)
+
+    # a long cell of the agent's, interrupted by REST: the kernel and its state stay
+    await kaimon.call_tool("ex", {"code": "kept = 7"})
+    async with anyio.create_task_group() as tg:
+        outcome: dict[str, Any] = {}
+
+        async def run() -> None:
+            outcome["ex"] = await kaimon.call_tool(
+                "ex", {"code": "import time\nfor _ in range(600): time.sleep(0.1)"}
+            )
+
+        tg.start_soon(run)
+        await until(
+            lambda: _busy(kaimon, nb.key), "the agent's cell to run", timeout=DEADLINE
+        )
+        interrupted = await kaimon.call_tool("manage_repl", {"command": "interrupt"})
+        assert not interrupted.is_error, text_of(interrupted)
+    assert "KeyboardInterrupt" in text_of(outcome["ex"]), text_of(outcome["ex"])
+    assert "7" in text_of(await kaimon.call_tool("ex", {"code": "kept"}))
+
+
+async def _busy(client: Any, key: str) -> bool:
+    rows = (await client.call_tool("list_sessions", {})).structured_content["sessions"]
+    return any(r["key"] == key and r["status"].startswith("busy") for r in rows)
+
+
+async def test_shutdown_by_rest_removes_the_kernel_and_the_session(
+    kaimon: Any, notebooks: Any, jserver: JupyterServer
+) -> None:
+    nb = notebooks()
+    await listed(kaimon, nb.key)
+    done = await kaimon.call_tool("manage_repl", {"command": "shutdown"})
+    assert not done.is_error, text_of(done)
+    assert nb.kernel_id not in [k["id"] for k in jserver.api("GET", "/api/kernels")]
+
+    async def gone() -> bool:
+        rows = (await kaimon.call_tool("list_sessions", {})).structured_content["sessions"]
+        return not any(r["key"] == nb.key for r in rows)
+
+    await until(gone, "the session to go")
+
+
+async def test_a_kernel_deleted_by_the_server_is_a_dead_session_with_a_clear_error(
+    kaimon: Any, notebooks: Any, jserver: JupyterServer
+) -> None:
+    nb = notebooks()
+    await listed(kaimon, nb.key)
+    jserver.api("DELETE", f"/api/kernels/{nb.kernel_id}")  # culled, or shut down in the Lab
+    result = await kaimon.call_tool("ex", {"code": "1+1", "session": nb.key})
+    deadline = anyio.current_time() + DEADLINE
+    while not result.is_error and anyio.current_time() < deadline:
+        await anyio.sleep(0.3)
+        result = await kaimon.call_tool("ex", {"code": "1+1", "session": nb.key})
+    assert result.is_error
+    assert nb.key in text_of(result), text_of(result)
+
+
+async def test_an_unreachable_server_is_said_with_its_url(jserver: JupyterServer) -> None:
+    from conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/"
+    with env(JUPYTER_TOKEN=jserver.token):
+        async with stdio_client("--no-auto-start", "--jupyter", dead) as client:
+            result = await client.call_tool("ex", {"code": "1+1"})
+    assert result.is_error
+    text = text_of(result)
+    assert dead in text and "cannot reach" in text, text
+    assert jserver.token not in text
+
+
+async def test_a_refused_token_is_said_without_showing_it(
+    jserver: JupyterServer, url: str, tmp_path: Any
+) -> None:
+    bad = tmp_path / "token"
+    bad.write_text("not-the-token-5f2e")
+    with env(JUPYTER_TOKEN=None):
+        async with stdio_client(
+            "--no-auto-start", "--jupyter", url, "--jupyter-token-file", str(bad)
+        ) as client:
+            result = await client.call_tool("ex", {"code": "1+1"})
+    text = text_of(result)
+    assert result.is_error
+    assert "refused the token" in text and str(bad) in text, text
+    assert "not-the-token-5f2e" not in text

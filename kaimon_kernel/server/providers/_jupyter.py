@@ -50,7 +50,6 @@ class JupyterServerProvider:
     ) -> None:
         self.api = api
         self.name = f"jupyter server {api.url}"
-        self.directory = api.url  # where the core says it looked
         self.poll_interval = poll_interval
         self.protocol = protocol
         #: What the last poll said went wrong (unreachable, token refused), or "".
@@ -66,6 +65,11 @@ class JupyterServerProvider:
 
     def __repr__(self) -> str:
         return f"JupyterServerProvider({self.api.url!r})"
+
+    @property
+    def directory(self) -> str:
+        """Where the core says it looked: the server, and what went wrong there."""
+        return self.api.url + (f" ({self.problem})" if self.problem else "")
 
     # -- discovery -------------------------------------------------------------------------
 

@@ -127,18 +127,16 @@ async def test_restart_and_interrupt_go_through_the_servers_rest_api_and_keep_th
             )
 
         tg.start_soon(run)
-        await until(
-            lambda: _busy(kaimon, nb.key), "the agent's cell to run", timeout=DEADLINE
-        )
+        await until(lambda: _busy(kaimon, nb.key), "the agent's cell to run", timeout=DEADLINE)
         interrupted = await kaimon.call_tool("manage_repl", {"command": "interrupt"})
         assert not interrupted.is_error, text_of(interrupted)
     assert "KeyboardInterrupt" in text_of(outcome["ex"]), text_of(outcome["ex"])
     assert "7" in text_of(await kaimon.call_tool("ex", {"code": "kept"}))
 
 
-async def _busy(client: Any, key: str) -> bool:
+async def _busy(client: Any, key: str | None) -> bool:
     rows = (await client.call_tool("list_sessions", {})).structured_content["sessions"]
-    return any(r["key"] == key and r["status"].startswith("busy") for r in rows)
+    return any(key in (None, r["key"]) and r["status"].startswith("busy") for r in rows)
 
 
 async def test_shutdown_by_rest_removes_the_kernel_and_the_session(
@@ -199,3 +197,69 @@ async def test_a_refused_token_is_said_without_showing_it(
     assert result.is_error
     assert "refused the token" in text and str(bad) in text, text
     assert "not-the-token-5f2e" not in text
+
+
+async def test_a_gate_tool_called_while_the_persons_cell_runs_is_told_what_it_waits_on(
+    kaimon: Any, notebooks: Any
+) -> None:
+    nb = notebooks(serve=None)
+    status, out = nb.run(
+        "import kaimon_kernel\ndef double(x: int) -> int:\n    return 2 * x\n"
+        "kaimon_kernel.serve(namespace='remote', tools=[kaimon_kernel.GateTool('double', "
+        "double)])"
+    )
+    assert status == "ok", out
+    await until(lambda: _has_tool(kaimon, "remote_double"), "the remote tool to be listed")
+    notes: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        notes.append(message or "")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, nb.run, "import time; time.sleep(4)")
+        await until(lambda: _busy(kaimon, None), "the person's cell to run")
+        result = await kaimon.call_tool("remote_double", {"x": 21}, progress_callback=progress)
+    assert result.structured_content == {"result": 42}, text_of(result)
+    assert any("waiting: the kernel is busy" in n for n in notes), notes
+
+
+async def _has_tool(client: Any, name: str) -> bool:
+    return name in [t.name for t in (await client.list_tools()).tools]
+
+
+async def test_a_remote_job_keeps_stash_and_progress_and_is_recovered_after_a_server_kill(
+    notebooks: Any, jserver: JupyterServer, url: str
+) -> None:
+    from conftest import HttpServer
+    from test_jobs_e2e import TOKEN, http_client, wait_status
+
+    nb = notebooks()
+    env_ = {"KAIMON_TOKEN": TOKEN, "JUPYTER_TOKEN": jserver.token}
+    first = HttpServer("--promote-after", "0.5", "--no-auto-start", "--jupyter", url, env=env_)
+    code = (
+        "import time, kaimon_kernel\nprint('start', flush=True)\n"
+        "kaimon_kernel.stash('step', 1)\nkaimon_kernel.progress('half way')\n"
+        "time.sleep(4)\nprint('end')"
+    )
+    try:
+        http, client = http_client(first)
+        async with http, client:
+            await listed(client, nb.key)
+            running = await client.call_tool("ex", {"code": code, "session": nb.key})
+            eval_id = running.structured_content["eval_id"]
+            check = await client.call_tool("check_eval", {"eval_id": eval_id})
+            assert check.structured_content["status"] == "running", text_of(check)
+    finally:
+        first.proc.kill()
+        first.proc.wait()
+    second = HttpServer("--no-auto-start", "--jupyter", url, env=env_)
+    try:
+        http, client = http_client(second)
+        async with http, client:
+            late = await wait_status(client, eval_id)
+    finally:
+        second.stop()
+    assert late.structured_content["status"] == "completed", text_of(late)
+    text = text_of(late)
+    assert "start" in text and "end" in text, text
+    assert late.structured_content["stash"] == {"step": "1"}, late.structured_content

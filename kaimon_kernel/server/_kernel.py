@@ -228,8 +228,9 @@ class KernelSession:
     async def _create_subshell(self, features: list[str]) -> None:
         """Gate traffic goes to a kernel subshell where the kernel has them (ipykernel 7),
         so tool calls are answered while the person's cell runs."""
-        if "kernel subshells" not in features or not getattr(self.transport, "subshells", True):
-            return  # (a Jupyter Server's WebSocket does not pass them)
+        passes = getattr(self.transport, "passes_subshells", True)  # a Jupyter Server's WS: no
+        if "kernel subshells" not in features or not passes:
+            return
         try:
             reply = await self._control("create_subshell_request", {}, 5)
             self.subshell_id = reply["content"].get("subshell_id")

@@ -24,6 +24,7 @@ __all__ = ["Registry"]
 logger = logging.getLogger(__name__)
 
 LIVENESS_INTERVAL = 1.0
+FIRST_LOOK = 5.0
 
 
 class Registry:
@@ -126,7 +127,15 @@ class Registry:
                 self._changed = asyncio.Event()
 
     async def first(self) -> None:
-        """The first scan; remembers which sessions it found."""
+        """The first scan; remembers which sessions it found. Remote providers get a moment
+        to look first (not longer: an unreachable server must not hold up the start)."""
+        looks = [asyncio.ensure_future(p.refresh()) for p in self.providers]
+        done, pending = await asyncio.wait(looks, timeout=FIRST_LOOK)
+        for look in pending:
+            look.cancel()
+        for look in done:
+            if not look.cancelled() and look.exception() is not None:
+                logger.warning("looking for sessions failed: %s", look.exception())
         await self.scan()
         self.first_scan = set(self.sessions)
 

@@ -81,7 +81,7 @@ class WebSocketTransport:
     """A kernel's channels over a Jupyter Server's WebSocket."""
 
     #: Subshells do not pass the server's WebSocket: gate calls queue behind the person's cell.
-    subshells = False
+    passes_subshells = False
 
     def __init__(
         self,

@@ -158,6 +158,10 @@ class DelayingProxy:
 
     def close(self) -> None:
         self._closed = True
+        try:  # wakes the accept() under way (a bare close does not, on Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         self.cut()
 

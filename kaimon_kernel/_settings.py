@@ -136,6 +136,8 @@ class JupyterServerSetting(BaseModel):
 
     url: str = Field(min_length=1)
     token_file: Path | None = None
+    #: Directories (relative to the server's root) where agents may start kernels there.
+    projects: list[str] = Field(default_factory=list)
 
     @field_validator("url")
     @classmethod

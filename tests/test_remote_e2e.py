@@ -4,7 +4,9 @@ start_session there, and the faults (unreachable, token refused, kernel deleted)
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -263,3 +265,43 @@ async def test_a_remote_job_keeps_stash_and_progress_and_is_recovered_after_a_se
     text = text_of(late)
     assert "start" in text and "end" in text, text
     assert late.structured_content["stash"] == {"step": "1"}, late.structured_content
+
+
+async def test_start_session_on_the_server_in_an_allowed_directory_from_kaimon_json(
+    jserver: JupyterServer, url: str, tmp_path: Any
+) -> None:
+    (jserver_root(jserver) / "work").mkdir(exist_ok=True)
+    token_file = tmp_path / "jupyter-token"
+    token_file.write_text(jserver.token + "\n")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "kaimon.json").write_text(
+        json.dumps({"jupyter": [{"url": url, "token_file": str(token_file), "projects": ["work"]}]})
+    )
+    with env(JUPYTER_CONFIG_DIR=str(config), JUPYTER_TOKEN=None):
+        async with stdio_client("--no-auto-start") as client:
+            refused = await client.call_tool(
+                "start_session", {"server": url, "project_path": "elsewhere"}
+            )
+            assert refused.is_error and "not an allowed project" in text_of(refused)
+            started = await client.call_tool(
+                "start_session", {"server": url, "project_path": "work", "name": "far"}
+            )
+            assert not started.is_error, text_of(started)
+            key = started.structured_content["key"]
+            row = await listed(client, key)
+            assert row["started_by"] == "agent" and row["server_url"] == url
+            assert row["cwd"].endswith("work"), row
+            result = await client.call_tool("ex", {"code": "40 + 2", "session": "far"})
+            assert "42" in text_of(result)
+            kernels_before = {k["id"] for k in jserver.api("GET", "/api/kernels")}
+            done = await client.call_tool("manage_repl", {"command": "shutdown", "session": key})
+            assert not done.is_error, text_of(done)
+            assert (
+                len({k["id"] for k in jserver.api("GET", "/api/kernels")})
+                == len(kernels_before) - 1
+            )
+
+
+def jserver_root(jserver: JupyterServer) -> Path:
+    return jserver.log.parent

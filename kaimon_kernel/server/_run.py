@@ -58,7 +58,7 @@ def jupyter_providers(settings: Settings) -> list[KernelProvider]:
     for server in settings.jupyter:
         token, source = server.token()
         api = JupyterAPI(server.url, token, token_source=source)
-        providers.append(JupyterServerProvider(api))
+        providers.append(JupyterServerProvider(api, projects=server.projects))
     return providers
 
 

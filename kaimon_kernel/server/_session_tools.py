@@ -30,6 +30,7 @@ from ._policy import (
     too_wide,
 )
 from ._results import text_result
+from .providers import JupyterServerProvider
 
 __all__ = ["add_session_tools"]
 
@@ -67,13 +68,13 @@ class AllowProject(BaseModel):
 
 def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     async def ask_the_person(
-        project_path: str | None, ctx: Context
+        project_path: str | None, ctx: Context, server: str | None = None
     ) -> Elicit[AllowProject] | AllowProject | None:
         """Ask through the client (MCP elicitation) when the directory is not allowed yet.
 
         None means there is nothing to ask, or no way to ask: the tool then decides alone.
         """
-        if project_path is None:
+        if project_path is None or server is not None:  # a Jupyter server's: kaimon.json
             return None
         try:
             project = _project(kaimon, project_path)
@@ -102,10 +103,20 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
             ),
         ] = None,
         name: Annotated[str | None, Field(description="a label for the new session")] = None,
+        server: Annotated[
+            str | None,
+            Field(
+                description="the URL of a Jupyter Server kaimon serves (as list_sessions "
+                "shows it) to start the kernel there; project_path is then relative to its "
+                "root. Omit for this machine"
+            ),
+        ] = None,
     ) -> CallToolResult:
         """Start a new kernel with the gate served, in an allowed project directory (using
         the project's .venv when it has one with ipykernel and kaimon-kernel). Where the
         client can ask the person, a directory not allowed yet is put to them."""
+        if server is not None:
+            return await _start_remote(kaimon, server, project_path, name)
         try:
             roots = allowed_roots(kaimon.options.cwd)
             listing = _roots_listing(kaimon, roots)
@@ -215,6 +226,32 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         return text_result(
             f"session {target.key}: label {info.label!r}, description {info.description!r}"
         )
+
+
+async def _start_remote(
+    kaimon: Kaimon, server: str, project_path: str | None, name: str | None
+) -> CallToolResult:
+    remotes = [p for p in kaimon.registry.providers if isinstance(p, JupyterServerProvider)]
+    wanted = server.rstrip("/") + "/"
+    provider = next((p for p in remotes if p.api.url == wanted), None)
+    if provider is None:
+        known = (
+            "\n".join(f"  {p.api.url}" for p in remotes) or "  (none: kaimon serve --jupyter URL)"
+        )
+        return text_result(
+            f"kaimon serves no Jupyter server {server!r}. It serves:\n{known}", error=True
+        )
+    try:
+        path = provider.allowed_path(project_path)
+        session = await kaimon.start_session(path, name=name, provider=provider)
+    except KaimonError as err:
+        return text_result(str(err), error=True)
+    return text_result(
+        f"Started session {session.key} (label {session.info.label!r}) on {provider.api.url} "
+        f"in {path or 'its root'}, Python {session.info.python_version}. Pass session="
+        f"{session.key!r} to ex.",
+        structured={"key": session.key, "label": session.info.label, "server": provider.api.url},
+    )
 
 
 GONE = (

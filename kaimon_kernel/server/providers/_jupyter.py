@@ -17,10 +17,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
-from ..._errors import KaimonError
+from ..._errors import InvalidArgument, KaimonError, NotAllowed
 from ..._protocol import COMM_TARGET, Hello, ProcessIdentity, Request, SessionInfo
 from .._gate_client import GateClient
 from .._jupyter_api import JupyterAPI, JupyterServerError, RemoteKernel
@@ -47,8 +48,12 @@ class JupyterServerProvider:
         *,
         poll_interval: float = POLL_INTERVAL,
         protocol: str | None = V1_PROTOCOL,
+        projects: Sequence[str] = (),
     ) -> None:
         self.api = api
+        #: Directories under the server's root where agents may start kernels (the person's
+        #: kaimon.json); none: start_session is refused there.
+        self.projects = [_clean(p, "projects") for p in projects]
         self.name = f"jupyter server {api.url}"
         self.poll_interval = poll_interval
         self.protocol = protocol
@@ -258,6 +263,22 @@ class JupyterServerProvider:
     def log_file(self, key: str) -> str:
         return f"the Jupyter server's log ({self.api.url})"
 
+    def allowed_path(self, project_path: str | None) -> str:
+        """``project_path`` (relative to the server's root) if the person allowed it."""
+        listing = "\n".join(f"  {p or '.'}" for p in self.projects) or "  (none)"
+        if project_path is None:
+            raise NotAllowed(
+                f"Projects on {self.api.url} where you may start a session:\n{listing}"
+            )
+        path = _clean(project_path, "project_path")
+        if not any(path == p or path.startswith(p + "/") or p == "" for p in self.projects):
+            raise NotAllowed(
+                f"{path!r} is not an allowed project on {self.api.url}. The person can allow "
+                'it in kaimon.json: "jupyter": [{"url": ..., "projects": ["' + path + '"]}]. '
+                f"Allowed:\n{listing}"
+            )
+        return path
+
     async def launch(self, request: LaunchRequest) -> None:
         """A kernel of the Kaimon kernelspec if the server has it, else ``python3``, in
         ``request.cwd`` (relative to the server's root); the gate is served under the key."""
@@ -337,3 +358,13 @@ def _kernel_id(info: SessionInfo) -> str:
     if not info.kernel_id:
         raise KaimonError(f"session {info.key} has no kernel id on its Jupyter server")
     return info.kernel_id
+
+
+def _clean(path: str, what: str) -> str:
+    """A server-relative directory as the REST API takes it ('' is the server's root)."""
+    pure = PurePosixPath(path.strip().replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts:
+        raise InvalidArgument(
+            f"{what} {path!r} must be relative to the Jupyter server's root, without '..'"
+        )
+    return "" if str(pure) == "." else str(pure)

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -98,7 +99,9 @@ class WebSocketTransport:
         self.reconnect_deadline = reconnect_deadline
         #: Called once when the WebSocket cannot be connected again (the reason as text).
         self.on_lost = on_lost
-        self.session = Session(key=b"")  # the server signs what it forwards
+        # the server signs what it forwards; a key of our own only keeps Session from
+        # warning that signing is off (nothing we send is signed by it)
+        self.session = Session(key=uuid.uuid4().hex.encode())
         self.lost: str | None = None
         self._conn: WebSocketClientConnection | None = None
         self._v1 = False
@@ -201,7 +204,7 @@ class WebSocketTransport:
             subprotocols=[self.protocol] if self.protocol else None,
             max_message_size=MAX_MESSAGE,
             ping_interval=PING_INTERVAL,
-            ping_timeout=PING_INTERVAL * 2,
+            ping_timeout=PING_INTERVAL,
         )
 
     async def _run(self) -> None:

@@ -39,6 +39,7 @@ from ._kernel import KernelSession
 from ._policy import allowed_roots, export_target, too_wide
 from ._sessions import Registry
 from .providers import KernelProvider, LaunchRequest, reap_orphans
+from .providers._jupyter import jupyter_owner
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
@@ -305,7 +306,17 @@ class Kaimon:
             stop = local is self.registry.local
             return await self._wait_served(key, old=session, provider=local, stop=stop)
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
-        await session.control_request("shutdown_request", {"restart": True}, timeout=10)
+        # Through the owner's REST API where it is found: the kernel id stays, the person
+        # sees an ordinary "Restarting", and no automatic restart is counted against it.
+        owner = await jupyter_owner(session.info.connection_file)
+        if owner is not None:
+            api, kernel_id = owner
+            try:
+                await api.restart(kernel_id)
+            finally:
+                await api.aclose()
+        else:
+            await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
         while time.monotonic() < deadline:
             await self.registry.scan()

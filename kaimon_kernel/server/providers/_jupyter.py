@@ -18,8 +18,10 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
 
 from ..._errors import InvalidArgument, KaimonError, NotAllowed
 from ..._protocol import COMM_TARGET, Hello, ProcessIdentity, Request, SessionInfo
@@ -28,7 +30,7 @@ from .._jupyter_api import JupyterAPI, JupyterServerError, RemoteKernel
 from .._ws_transport import V1_PROTOCOL, WebSocketTransport
 from ._base import LaunchRequest
 
-__all__ = ["JupyterServerProvider"]
+__all__ = ["JupyterServerProvider", "jupyter_owner"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ PROBE_TIMEOUT = 10.0
 PROBE_AGAIN_AFTER = 10.0  # a served kernel's activity is looked at again at most this often
 KAIMON_KERNELSPEC = "python3-kaimon"
 START_TIMEOUT = 60.0
+OWNER_TIMEOUT = 3.0
 
 
 class JupyterServerProvider:
@@ -368,3 +371,29 @@ def _clean(path: str, what: str) -> str:
             f"{what} {path!r} must be relative to the Jupyter server's root, without '..'"
         )
     return "" if str(pure) == "." else str(pure)
+
+
+async def jupyter_owner(connection_file: str) -> tuple[JupyterAPI, str] | None:
+    """The Jupyter Server on this machine that runs the kernel of ``connection_file`` (the
+    person's JupyterLab), with the kernel's id there; None when no server claims it.
+
+    Servers announce themselves in ``jpserver-*.json`` in the runtime dir (URL and token); a
+    kernel they start has the connection file ``kernel-<id>.json``."""
+    name = Path(connection_file).name
+    if not (name.startswith("kernel-") and name.endswith(".json")):
+        return None
+    kernel_id = name[len("kernel-") : -len(".json")]
+    for path in sorted(Path(jupyter_runtime_dir()).glob("jpserver-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            url, token = str(record["url"]), str(record.get("token") or "") or None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        api = JupyterAPI(url, token, timeout=OWNER_TIMEOUT, token_source=str(path))
+        try:
+            await api.kernel(kernel_id)
+        except KaimonError:
+            await api.aclose()
+            continue
+        return api, kernel_id
+    return None

@@ -8,29 +8,35 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import websocket
-from conftest import DEADLINE, JupyterServer
+from conftest import DEADLINE, JupyterServer, free_port, wait_until
 
 
 class RemoteNotebook:
     """A notebook session on ``server``: its kernel, driven like JupyterLab does."""
 
-    def __init__(self, server: JupyterServer, path: str = "analysis.ipynb") -> None:
+    def __init__(self, server: Any, path: str | None = "analysis.ipynb") -> None:
         self.server = server
         self.path = path
-        model = server.api(
-            "POST",
-            "/api/sessions",
-            {"path": path, "name": path, "type": "notebook", "kernel": {"name": "python3"}},
-        )
-        self.kernel_id: str = model["kernel"]["id"]
+        if path is None:  # a gateway: a bare kernel, no notebook session
+            self.kernel_id: str = server.api("POST", "/api/kernels", {"name": "python3"})["id"]
+        else:
+            model = server.api(
+                "POST",
+                "/api/sessions",
+                {"path": path, "name": path, "type": "notebook", "kernel": {"name": "python3"}},
+            )
+            self.kernel_id = model["kernel"]["id"]
         self.key: str | None = None
 
     def run(self, code: str, timeout: float = DEADLINE) -> tuple[str, str]:
@@ -183,3 +189,28 @@ def env(**values: str | None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class KernelGateway(JupyterServer):
+    """A real Jupyter Kernel Gateway with token auth (KG_AUTH_TOKEN) that lists its kernels."""
+
+    def __init__(self, root: Path) -> None:
+        self.log = root / "kernel_gateway.log"
+        self.port = free_port()
+        self.token = "kgtoken0123456789"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kernel_gateway",
+                f"--KernelGatewayApp.port={self.port}",
+                "--KernelGatewayApp.ip=127.0.0.1",
+                "--KernelGatewayApp.port_retries=0",
+            ],
+            cwd=root,
+            env={**os.environ, "KG_AUTH_TOKEN": self.token, "KG_LIST_KERNELS": "True"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "the kernel gateway")

@@ -152,6 +152,12 @@ class JupyterAPI:
                 f"for {method} /{path}. The token comes from {self.token_source}"
                 + ("" if self.token else " (none was given)")
                 + "; give a valid one (it may have expired or the server restarted)."
+                + (
+                    " If the token is right, the server forbids this call: a Jupyter Kernel "
+                    "Gateway lists its kernels only with KG_LIST_KERNELS=True."
+                    if status == 403
+                    else ""
+                )
             )
         if status == 404 and kernel_id is not None:
             raise KernelGone(

@@ -208,6 +208,15 @@ class WebSocketTransport:
         )
 
     async def _run(self) -> None:
+        try:
+            await self._follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug here must end what waits, not hang it
+            logger.exception("the WebSocket to kernel %s failed", self.kernel_id)
+            self._give_up(f"the WebSocket to kernel {self.kernel_id} failed: {err}")
+
+    async def _follow(self) -> None:
         first = True
         while not self._closed:
             dropped_at = time.monotonic()

@@ -305,3 +305,56 @@ async def test_start_session_on_the_server_in_an_allowed_directory_from_kaimon_j
 
 def jserver_root(jserver: JupyterServer) -> Path:
     return jserver.log.parent
+
+
+async def test_history_read_block_export_and_the_live_view_work_on_a_remote_session(
+    notebooks: Any, jserver: JupyterServer, url: str, tmp_path: Path
+) -> None:
+    nb = notebooks()
+    with env(JUPYTER_TOKEN=jserver.token):
+        async with stdio_client("--no-auto-start", "--jupyter", url, cwd=tmp_path) as client:
+            await listed(client, nb.key)
+            mirror = await client.call_tool("set_option", {"mirror": True})
+            assert not mirror.is_error, text_of(mirror)
+            await client.call_tool("ex", {"code": "print('from afar')"})
+            rows = (await client.call_tool("history", {"limit": 5})).structured_content["blocks"]
+            assert rows and rows[0]["session"] == nb.key, rows
+            block = await client.call_tool("read_block", {"block_id": rows[0]["block_id"]})
+            assert "from afar" in text_of(block)
+            target = tmp_path / "remote.ipynb"
+            exported = await client.call_tool("export_notebook", {"path": str(target)})
+            assert not exported.is_error, text_of(exported)
+            # the person's kernel knows the server that works in it (the live view's peer)
+            status, out = await anyio.to_thread.run_sync(nb.run, "%kaimon status")
+            assert status == "ok" and "connected: kaimon server" in out, out
+    assert "from afar" in target.read_text()
+
+
+async def test_the_token_never_appears_in_the_servers_log_of_its_requests(
+    notebooks: Any, jserver: JupyterServer, url: str
+) -> None:
+    from conftest import HttpServer
+    from test_jobs_e2e import TOKEN, http_client
+
+    nb = notebooks()
+    server = HttpServer(
+        "--no-auto-start",
+        "--log-level",
+        "INFO",  # httpx logs every request (DEBUG could fill the unread pipe)
+        "--jupyter",
+        url,
+        "--jupyter",
+        url.replace("127.0.0.1", "localhost") + "?token=" + jserver.token,
+        env={"KAIMON_TOKEN": TOKEN, "JUPYTER_TOKEN": jserver.token},
+    )
+    try:
+        http, client = http_client(server)
+        async with http, client:
+            await listed(client, nb.key)
+            await client.call_tool("ex", {"code": "1+1", "session": nb.key})
+            await client.call_tool("manage_repl", {"command": "interrupt", "session": nb.key})
+    finally:
+        server.stop()
+    log = server.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "api/kernels" in log  # it did log its requests
+    assert jserver.token not in log

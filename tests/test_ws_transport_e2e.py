@@ -167,3 +167,31 @@ def test_a_url_with_the_token_in_its_query_is_kept_without_it() -> None:
     assert api.url == "https://hub.example.org/user/alice/lab/"
     assert "abc123" not in repr(api)
     assert redact("GET /x?token=abc123 failed", "abc123") == "GET /x?token=<token> failed"
+
+
+def test_the_v1_framing_is_jupyter_servers_own() -> None:
+    from jupyter_server.services.kernels.connection.base import (
+        deserialize_msg_from_ws_v1,
+        serialize_msg_to_ws_v1,
+    )
+
+    from kaimon_kernel.server._ws_transport import pack_v1, unpack_v1
+
+    parts = [b'{"msg_id": "1"}', b"{}", b"{}", b'{"code": "1+1"}', b"\x00buffer"]
+    assert pack_v1("shell", parts) == serialize_msg_to_ws_v1(parts, "shell")
+    channel, theirs = deserialize_msg_from_ws_v1(serialize_msg_to_ws_v1(parts, "iopub"))
+    ours = unpack_v1(serialize_msg_to_ws_v1(parts, "iopub"))
+    assert ours[0] == channel == "iopub"
+    assert [bytes(p) for p in ours[1]] == theirs == parts
+
+
+def test_the_json_framings_binary_form_is_jupyter_servers_own() -> None:
+    from jupyter_server.services.kernels.connection.base import serialize_binary_message
+
+    from kaimon_kernel.server._ws_transport import _unpack_legacy_binary
+
+    msg = {"header": {"msg_id": "1"}, "parent_header": {}, "content": {}, "channel": "iopub"}
+    packed = serialize_binary_message({**msg, "buffers": [b"one", b"\x00two"]})
+    unpacked = _unpack_legacy_binary(packed)
+    assert [bytes(b) for b in unpacked.pop("buffers")] == [b"one", b"\x00two"]
+    assert unpacked == msg

@@ -91,7 +91,9 @@ class Registry:
             seen = {}
             for provider in self.providers:
                 for key, info in provider.discover().items():
-                    seen[key] = (provider, info)
+                    # the first provider wins: a kernel both this machine and a Jupyter
+                    # server announce (the person's local JupyterLab) is reached over ZMQ
+                    seen.setdefault(key, (provider, info))
             changed = False
             for key in list(self.sessions):
                 session = self.sessions[key]

@@ -61,10 +61,10 @@ def unpack_v1(data: bytes) -> tuple[str, list[memoryview]]:
     """The channel and the parts (header, parent header, metadata, content, buffers…)."""
     view = memoryview(data)
     count = int.from_bytes(view[:8], "little")
+    # the offsets: where the channel starts, where each part starts, where the last one ends
     offsets = [int.from_bytes(view[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
-    offsets.append(len(data))
     channel = bytes(view[offsets[0] : offsets[1]]).decode()
-    return channel, [view[offsets[i] : offsets[i + 1]] for i in range(1, count)]
+    return channel, [view[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
 
 
 def _unpack_legacy_binary(data: bytes) -> dict[str, Any]:

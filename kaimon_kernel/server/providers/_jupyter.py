@@ -123,6 +123,8 @@ class JupyterServerProvider:
         return self.discover() != before
 
     def _should_probe(self, kernel: RemoteKernel) -> bool:
+        if kernel.execution_state == "busy":
+            return False  # the probe would queue behind the running cell (no subshells here)
         if kernel.id in self._stale:
             return True
         probed = self._probed.get(kernel.id)
@@ -196,11 +198,14 @@ class JupyterServerProvider:
                 if gate.info is not None:  # refused (another protocol): shown as refused
                     return gate.info
                 raise
-            with contextlib.suppress(Exception):
-                transport.send("shell", transport.msg("comm_close", {"comm_id": comm_id}))
-                await asyncio.sleep(0)
             return welcome.session
         finally:
+            if gate.state != "new" and gate.problem != "not served":
+                # also when it timed out: the kernel takes the close after the queued open,
+                # so the gate keeps no link to a probe that is gone
+                with contextlib.suppress(Exception):
+                    transport.send("shell", transport.msg("comm_close", {"comm_id": comm_id}))
+                    await asyncio.sleep(0)
             transport.close()
 
     def connect(self, info: SessionInfo) -> WebSocketTransport:

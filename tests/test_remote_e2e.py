@@ -358,3 +358,21 @@ async def test_the_token_never_appears_in_the_servers_log_of_its_requests(
     log = server.proc.stderr.read().decode()  # type: ignore[union-attr]
     assert "api/kernels" in log  # it did log its requests
     assert jserver.token not in log
+
+
+async def test_a_restart_by_the_person_in_jupyterlab_is_followed_with_the_same_key(
+    kaimon: Any, notebooks: Any, jserver: JupyterServer
+) -> None:
+    nb = notebooks()
+    row = await listed(kaimon, nb.key)
+    jserver.api("POST", f"/api/kernels/{nb.kernel_id}/restart")  # JupyterLab's restart button
+
+    async def fresh_pid() -> Any:
+        result = await kaimon.call_tool("ex", {"code": "import os; os.getpid()"})
+        text = text_of(result)
+        return text if not result.is_error and str(row["pid"]) not in text else None
+
+    text = await until(fresh_pid, "the restarted kernel to be served again")
+    assert text.strip().splitlines()[-1].isdigit(), text
+    rows = (await kaimon.call_tool("list_sessions", {})).structured_content["sessions"]
+    assert [r["key"] for r in rows] == [nb.key]

@@ -214,3 +214,40 @@ class KernelGateway(JupyterServer):
             stderr=self.log.open("wb"),
         )
         wait_until(self._up, 60, "the kernel gateway")
+
+
+class EnterpriseGateway(JupyterServer):
+    """A real Jupyter Enterprise Gateway (its own venv: it needs jupyter_server 1), launching
+    kernels with this Python (``kernelspecs`` holds a python3 spec that says so)."""
+
+    def __init__(self, root: Path, jupyter: str) -> None:
+        spec = root / "share" / "jupyter" / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        spec.joinpath("kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+        )
+        self.log = root / "enterprise_gateway.log"
+        self.port = free_port()
+        self.token = "egtoken0123456789"
+        self.proc = subprocess.Popen(
+            [
+                jupyter,
+                "enterprisegateway",
+                "--ip=127.0.0.1",
+                f"--port={self.port}",
+                "--port_retries=0",
+                "--EnterpriseGatewayApp.unauthorized_users=[]",  # tests run as root
+            ],
+            cwd=root,
+            env={
+                **os.environ,
+                "EG_AUTH_TOKEN": self.token,
+                "EG_LIST_KERNELS": "True",
+                "JUPYTER_PATH": str(root / "share" / "jupyter"),
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "the enterprise gateway")

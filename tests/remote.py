@@ -42,7 +42,8 @@ class RemoteNotebook:
     def run(self, code: str, timeout: float = DEADLINE) -> tuple[str, str]:
         """Run a cell; (status, what it printed or showed, as text)."""
         ws = websocket.create_connection(
-            f"ws://127.0.0.1:{self.server.port}/api/kernels/{self.kernel_id}/channels"
+            f"ws://127.0.0.1:{self.server.port}{getattr(self.server, 'prefix', '')}"
+            f"/api/kernels/{self.kernel_id}/channels"
             f"?session_id={uuid.uuid4().hex}",
             header=[f"Authorization: token {self.server.token}"],
             timeout=timeout,
@@ -251,3 +252,99 @@ class EnterpriseGateway(JupyterServer):
             stderr=self.log.open("wb"),
         )
         wait_until(self._up, 60, "the enterprise gateway")
+
+
+class JupyterHub(JupyterServer):
+    """A real JupyterHub (its own venv; configurable-http-proxy from npm) with a dummy
+    authenticator and local single-user servers; alice's server runs, and ``token`` is an API
+    token of alice's. ``api`` and the WebSocket go through the hub's proxy to her server."""
+
+    def __init__(self, root: Path, bin_dir: Path) -> None:
+        import urllib.request
+
+        self.root = root
+        self.log = root / "jupyterhub.log"
+        self.port = free_port()
+        self.prefix = "/user/alice"
+        admin = "hubadmin0123456789"
+        spec = root / "share" / "jupyter" / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        spec.joinpath("kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+        )
+        (root / "notebooks").mkdir()
+        config = {
+            "ip": "127.0.0.1",
+            "port": self.port,
+            "hub_port": free_port(),
+            "proxy_api": free_port(),
+            "singleuser": str(bin_dir / "jupyterhub-singleuser"),
+            "root": str(root / "notebooks"),
+            "env": {
+                k: os.environ[k]
+                for k in ("PYTHONPATH", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR")
+                if k in os.environ
+            }
+            | {"JUPYTER_PATH": str(root / "share" / "jupyter")},
+            "admin": admin,
+            "db": str(root / "hub.sqlite"),
+        }
+        (root / "jupyterhub_config.py").write_text(
+            "import json\n"
+            f"k = json.loads({json.dumps(json.dumps(config))})\n"
+            "c.JupyterHub.ip = k['ip']\nc.JupyterHub.port = k['port']\n"
+            "c.JupyterHub.hub_ip = '127.0.0.1'\nc.JupyterHub.hub_port = k['hub_port']\n"
+            "c.ConfigurableHTTPProxy.api_url = f\"http://127.0.0.1:{k['proxy_api']}\"\n"
+            "c.JupyterHub.authenticator_class = 'dummy'\nc.Authenticator.allow_all = True\n"
+            "c.JupyterHub.spawner_class = 'simple'\n"
+            "c.Spawner.cmd = [k['singleuser']]\n"
+            "c.Spawner.args = ['--allow-root', '--ServerApp.root_dir=' + k['root']]\n"
+            "c.Spawner.environment = k['env']\n"
+            "c.Spawner.http_timeout = 60\n"
+            "c.JupyterHub.db_url = 'sqlite:///' + k['db']\n"
+            "c.JupyterHub.services = [{'name': 'test', 'api_token': k['admin']}]\n"
+            "c.JupyterHub.load_roles = [{'name': 'test-admin', 'services': ['test'], "
+            "'scopes': ['admin:users', 'admin:servers', 'tokens']}]\n"
+        )
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "jupyterhub"), "-f", str(root / "jupyterhub_config.py")],
+            cwd=root,
+            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_until(self._up, 60, "JupyterHub")
+
+        def hub(method: str, path: str, body: Any = None) -> Any:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/hub/api{path}",
+                method=method,
+                data=json.dumps(body).encode() if body is not None else None,
+                headers={"Authorization": f"token {admin}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+            return json.loads(raw) if raw else None
+
+        wait_until(lambda: _answers(hub), 60, "the hub's API")
+        hub("POST", "/users/alice")
+        hub("POST", "/users/alice/server")
+        wait_until(
+            lambda: hub("GET", "/users/alice")["servers"].get("", {}).get("ready"),
+            90,
+            "alice's server",
+        )
+        self.token = hub("POST", "/users/alice/tokens", {"note": "kaimon"})["token"]
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return super().api(method, self.prefix + path, body)
+
+
+def _answers(hub: Any) -> bool:
+    try:
+        hub("GET", "/")
+    except OSError:
+        return False
+    return True

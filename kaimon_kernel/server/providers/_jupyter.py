@@ -90,8 +90,11 @@ class JupyterServerProvider:
 
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
         while True:
-            if await self.refresh():
-                await changed()
+            try:
+                if await self.refresh():
+                    await changed()
+            except Exception:  # one bad answer must not end the watch for good
+                logger.exception("looking at %s failed", self.name)
             await asyncio.sleep(self.poll_interval)
 
     async def refresh(self) -> bool:
@@ -213,6 +216,7 @@ class JupyterServerProvider:
 
         def lost(reason: str) -> None:
             self._lost[kernel_id] = reason
+            self._stale.add(kernel_id)  # probed again: the server may be back
 
         return WebSocketTransport(self.api, kernel_id, protocol=self.protocol, on_lost=lost)
 
@@ -223,10 +227,6 @@ class JupyterServerProvider:
             return False
         served = self._served.get(kernel_id)
         return served is None or (served.pid, served.session_id) == (info.pid, info.session_id)
-
-    def lost_reason(self, info: SessionInfo) -> str | None:
-        """Why the session's kernel is unreachable for good, if it is."""
-        return self._lost.get(info.kernel_id or "")
 
     # -- what the agent asks for -----------------------------------------------------------
 

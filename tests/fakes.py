@@ -130,6 +130,9 @@ class FakeProvider:
     async def refresh(self) -> bool:
         return False
 
+    def pending(self) -> bool:
+        return False
+
     async def watch(self, changed: Any) -> None:
         return None
 

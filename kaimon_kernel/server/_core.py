@@ -47,6 +47,7 @@ JOB_SAVE_INTERVAL = 2.0
 INTERRUPT_WAIT = 10.0
 START_TIMEOUT = 60.0
 RESTART_TIMEOUT = 60.0
+RECOVER_RETRY = 1.0  # how often jobs on a kernel not yet found are looked for again
 EXPORT_MAX_BLOCKS = 10_000
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
@@ -534,33 +535,43 @@ class Kaimon:
             if _followed_by_another(job, self._me):
                 continue  # a live server (another agent's conversation) follows it
             groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
-        for (session_id, pid), jobs in groups.items():
-            session = next(
-                (
-                    s
-                    for s in self.registry.sessions.values()
-                    if s.info.session_id == session_id and s.info.pid == pid
-                ),
-                None,
-            )
-            if session is not None:
-                await session.wait_ready(15)
-            try:
-                if session is None or session.state != "ready":
-                    raise KaimonError(
-                        f"its kernel (pid {pid}) is gone or no longer served"
-                        if session is None
-                        else f"its session {session.key} is {session.state}"
-                    )
-                await self._reattach(session, jobs)
-            except KaimonError as err:
-                for job in jobs:
-                    self.jobs.update(
-                        job.id,
-                        status="lost",
-                        finished_at=time.time(),
-                        reason=f"lost while the server was down: {err}",
-                    )
+        while groups:
+            for (session_id, pid), jobs in list(groups.items()):
+                session = next(
+                    (
+                        s
+                        for s in self.registry.sessions.values()
+                        if s.info.session_id == session_id and s.info.pid == pid
+                    ),
+                    None,
+                )
+                if session is None and any(p.pending() for p in self.registry.providers):
+                    continue  # a remote kernel busy with it may yet be found served
+                del groups[(session_id, pid)]
+                await self._recover(session, pid, jobs)
+            if groups:
+                await asyncio.sleep(RECOVER_RETRY)
+
+    async def _recover(self, session: KernelSession | None, pid: int, jobs: list[Job]) -> None:
+        """Re-attach the jobs of one kernel, or mark them lost with why."""
+        if session is not None:
+            await session.wait_ready(15)
+        try:
+            if session is None or session.state != "ready":
+                raise KaimonError(
+                    f"its kernel (pid {pid}) is gone or no longer served"
+                    if session is None
+                    else f"its session {session.key} is {session.state}"
+                )
+            await self._reattach(session, jobs)
+        except KaimonError as err:
+            for job in jobs:
+                self.jobs.update(
+                    job.id,
+                    status="lost",
+                    finished_at=time.time(),
+                    reason=f"lost while the server was down: {err}",
+                )
 
     async def _reattach(self, session: KernelSession, jobs: list[Job]) -> None:
         # Follow first, then ask: an evaluation ending in between is not missed.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -124,7 +125,12 @@ class JupyterAPI:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                base_url=self.url, headers=self.headers(), timeout=self.timeout
+                base_url=self.url,
+                headers=self.headers(),
+                timeout=self.timeout,
+                # no cookies: a login cookie would outlive the token (a revoked token must
+                # stop working at once)
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             )
         return self._client
 

@@ -42,6 +42,11 @@ class KernelProvider(Protocol):
         whether anything changed. The registry awaits it, bounded, before its first scan."""
         ...
 
+    def pending(self) -> bool:
+        """Whether some kernel could not be looked at yet (a remote kernel busy since before
+        this server started): a job that runs there may still be found."""
+        ...
+
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
         """Call ``changed`` whenever the announcements may have changed; runs until cancelled."""
         ...

@@ -69,7 +69,8 @@ class JupyterServerProvider:
         self._stale: set[str] = set()  # kernels to probe at the next poll whatever happened
         self._started: dict[str, str] = {}  # session key: kernel id (kernels we started)
         self._me = ProcessIdentity.current()
-        self._refreshed = asyncio.Event()
+        self._looked = False
+        self._announced: dict[str, SessionInfo] = {}
 
     def __repr__(self) -> str:
         return f"JupyterServerProvider({self.api.url!r})"
@@ -98,8 +99,8 @@ class JupyterServerProvider:
             await asyncio.sleep(self.poll_interval)
 
     async def refresh(self) -> bool:
-        """Poll the server and probe kernels that may have changed; whether anything did."""
-        before = self.discover()
+        """Poll the server and probe kernels that may have changed; whether what it
+        announces changed since the last call (a lost WebSocket counts too)."""
         try:
             kernels = {k.id: k for k in await self.api.kernels()}
             if self.problem:
@@ -109,8 +110,9 @@ class JupyterServerProvider:
             if str(err) != self.problem:
                 logger.warning("%s", err)
             self.problem = str(err)
-            return False
+            return self._announce()
         self._kernels = kernels
+        self._looked = True
         for gone in set(self._served) - set(kernels):
             del self._served[gone]
         for gone in set(self._probed) - set(kernels):
@@ -121,9 +123,21 @@ class JupyterServerProvider:
             with contextlib.suppress(JupyterServerError):
                 paths = await self.api.sessions()
             await asyncio.gather(*(self._probe_and_keep(k, paths) for k in to_probe))
-        self._refreshed.set()
-        self._refreshed = asyncio.Event()
-        return self.discover() != before
+        return self._announce()
+
+    def _announce(self) -> bool:
+        now = self.discover()
+        changed, self._announced = now != self._announced, now
+        return changed
+
+    def pending(self) -> bool:
+        """Not looked yet, or a listed kernel busy since before it could be probed (maybe
+        with a job of ours)."""
+        if not self._looked and not self.problem:
+            return True
+        return any(
+            k.execution_state == "busy" and k.id not in self._probed for k in self._kernels.values()
+        )
 
     def _should_probe(self, kernel: RemoteKernel) -> bool:
         if kernel.execution_state == "busy":

@@ -13,7 +13,7 @@ from test_remote_e2e import listed
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_restart_goes_through_the_owning_servers_rest_api_and_keeps_the_kernel_id(
+async def test_restart_and_shutdown_go_through_the_owning_servers_rest_api(
     tmp_path: Path,
 ) -> None:
     server = JupyterServer(tmp_path)  # shares this machine's runtime dir, as JupyterLab does
@@ -30,7 +30,10 @@ async def test_a_restart_goes_through_the_owning_servers_rest_api_and_keeps_the_
             assert restarted.structured_content["pid"] != row["pid"]
             result = await client.call_tool("ex", {"code": "'x' in globals()", "session": key})
             assert "False" in text_of(result)
-        assert nb.model()["id"] == nb.kernel_id
+            assert nb.model()["id"] == nb.kernel_id
+            done = await client.call_tool("manage_repl", {"command": "shutdown"})
+            assert "through its Jupyter server" in text_of(done), text_of(done)
+        assert nb.kernel_id not in [k["id"] for k in server.api("GET", "/api/kernels")]
     finally:
         server.stop()
     log = server.log.read_text()

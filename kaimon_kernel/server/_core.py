@@ -340,6 +340,18 @@ class Kaimon:
             await local.shutdown(session.key)
             await self.registry.scan()
             return f"shut down session {session.key}; it is gone"
+        owner = await jupyter_owner(session.info.connection_file)
+        if owner is not None:  # the person's JupyterLab: stopped by it, not restarted by it
+            api, kernel_id = owner
+            try:
+                await api.shutdown(kernel_id)
+            finally:
+                await api.aclose()
+            await self.registry.scan()
+            return (
+                f"shut down session {session.key} through its Jupyter server ({api.url}); "
+                "it is gone, and the person's notebook shows no kernel"
+            )
         await session.control_request("shutdown_request", {"restart": False}, timeout=10)
         return (
             f"asked session {session.key}'s kernel to shut down. Its owner (e.g. JupyterLab) may "

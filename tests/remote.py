@@ -93,6 +93,15 @@ class RemoteNotebook:
             ws.close()
         return status, "".join(parts)
 
+    def listen(self) -> Any:
+        """A WebSocket on the kernel that sees its iopub, as the person's open notebook does."""
+        return websocket.create_connection(
+            f"ws://127.0.0.1:{self.server.port}{getattr(self.server, 'prefix', '')}"
+            f"/api/kernels/{self.kernel_id}/channels?session_id={uuid.uuid4().hex}",
+            header=[f"Authorization: token {self.server.token}"],
+            timeout=DEADLINE,
+        )
+
     def serve(self, args: str = "") -> str:
         status, out = self.run(f"%load_ext kaimon_kernel\n%kaimon serve {args}")
         assert status == "ok", out

@@ -5,6 +5,7 @@ start_session there, and the faults (unreachable, token refused, kernel deleted)
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,29 @@ async def test_a_restart_by_the_person_in_jupyterlab_is_followed_with_the_same_k
     assert text.strip().splitlines()[-1].isdigit(), text
     rows = (await kaimon.call_tool("list_sessions", {})).structured_content["sessions"]
     assert [r["key"] for r in rows] == [nb.key]
+
+
+async def test_the_live_view_shows_the_agents_code_in_the_persons_notebook(
+    kaimon: Any, notebooks: Any
+) -> None:
+    nb = notebooks()
+    await listed(kaimon, nb.key)
+    assert not (await kaimon.call_tool("set_option", {"mirror": True})).is_error
+    notebook = nb.listen()  # the person's open notebook
+    try:
+        await kaimon.call_tool("ex", {"code": "print('agent' + 'work')"})
+
+        def shown() -> str:
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
+                msg = json.loads(notebook.recv())
+                if msg["msg_type"] in ("display_data", "update_display_data"):
+                    text = msg["content"]["data"].get("text/plain", "")
+                    if "print('agent' + 'work')" in text:
+                        return text
+            raise AssertionError("the live view never showed the agent's code")
+
+        text = await anyio.to_thread.run_sync(shown)
+    finally:
+        notebook.close()
+    assert "shared with agents" in text and " ok " in text, text

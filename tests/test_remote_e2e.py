@@ -403,3 +403,20 @@ async def test_the_live_view_shows_the_agents_code_in_the_persons_notebook(
     finally:
         notebook.close()
     assert "shared with agents" in text and " ok " in text, text
+
+
+async def test_a_remote_session_withdrawn_by_the_person_goes_from_the_list(
+    kaimon: Any, notebooks: Any
+) -> None:
+    nb = notebooks()
+    await listed(kaimon, nb.key)
+    status, out = await anyio.to_thread.run_sync(nb.run, "%kaimon stop")
+    assert status == "ok", out
+
+    async def gone() -> bool:
+        rows = (await kaimon.call_tool("list_sessions", {})).structured_content["sessions"]
+        return not any(r["key"] == nb.key for r in rows)
+
+    await until(gone, "the withdrawn session to go")
+    result = await kaimon.call_tool("ex", {"code": "1+1", "session": nb.key})
+    assert result.is_error and nb.key in text_of(result)

@@ -211,9 +211,10 @@ class JupyterServerProvider:
                 welcome = await gate.connect(PROBE_TIMEOUT)
             except KaimonError:
                 if gate.state == "closed" and gate.problem == "not served":
+                    return None  # no gate: the kernel closed the comm
+                if gate.state == "refused":  # withdrawn (%kaimon stop), or another protocol
+                    logger.info("kernel %s on %s: %s", kernel_id, self.api.url, gate.problem)
                     return None
-                if gate.info is not None:  # refused (another protocol): shown as refused
-                    return gate.info
                 raise
             return welcome.session
         finally:

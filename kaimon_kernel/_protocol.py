@@ -193,6 +193,11 @@ class SessionInfo(_Model):
     promote_after: float | None = None
     #: The kernel process, as the gate states it (pid and start time).
     kernel: ProcessIdentity | None = None
+    #: Where a kernel behind a Jupyter Server lives (its base URL, never the token), its id
+    #: there and its notebook (from /api/sessions). Set by the server's provider, not the gate.
+    server_url: str | None = None
+    kernel_id: str | None = None
+    notebook_path: str | None = None
 
 
 class ResumeMarker(SessionInfo):

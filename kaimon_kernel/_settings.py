@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_PROMOTE_AFTER",
     "ENV_PREFIX",
     "ImagesSetting",
+    "JupyterServerSetting",
     "LaunchSettings",
     "Settings",
     "SettingsError",
@@ -149,6 +150,37 @@ def _finite(value: float) -> float:
     return value
 
 
+class JupyterServerSetting(BaseModel):
+    """One Jupyter Server (or kernel gateway) whose served kernels kaimon lists: its URL,
+    and a file holding its token (else ``JUPYTER_TOKEN``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1)
+    token_file: Path | None = None
+    #: Directories (relative to the server's root) where agents may start kernels there.
+    projects: list[str] = Field(default_factory=list)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s):// URL of a Jupyter Server")
+        return value.strip()
+
+    def token(self) -> tuple[str | None, str]:
+        """The token and where it came from (for errors; never the token itself)."""
+        if self.token_file is not None:
+            path = self.token_file.expanduser()
+            try:
+                return path.read_text().strip() or None, f"the token file {path}"
+            except OSError as err:
+                raise SettingsError(
+                    f"cannot read the Jupyter token file {path}: {err.strerror or err}"
+                ) from None
+        return os.environ.get("JUPYTER_TOKEN") or None, "the JUPYTER_TOKEN variable"
+
+
 class Settings(BaseSettings):
     """How ``kaimon serve`` runs. Build it with :func:`load_settings` to get the precedence
     (command line > ``KAIMON_*`` environment > kaimon.json > defaults); ``Settings(**values)``
@@ -219,6 +251,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [5.0, 10.0, 30.0, 60.0],
         min_length=1,
         description="seconds before a crashed extension is started again (the last repeats)",
+    )
+    jupyter: list[JupyterServerSetting] = Field(
+        default_factory=list,
+        description='Jupyter Servers whose served kernels are listed too: [{"url": ..., '
+        '"token_file": ...}] (the token from token_file, else JUPYTER_TOKEN)',
     )
 
     @field_validator("promote_after", "cancel_grace", "heartbeat", mode="before")

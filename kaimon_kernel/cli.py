@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
         f"interrupts the kernel (default $KAIMON_CANCEL_GRACE or {DEFAULT_CANCEL_GRACE:g})",
     )
     s.add_argument("--log-level", default=None, help="default WARNING")
+    s.add_argument(
+        "--jupyter",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="also list the served kernels of this Jupyter Server or gateway (repeatable); "
+        "its token from --jupyter-token-file or $JUPYTER_TOKEN",
+    )
+    s.add_argument("--jupyter-token-file", default=None, metavar="PATH")
 
     t = sub.add_parser("token", help="print the HTTP bearer token (generated once, stored 0600)")
     t.add_argument("--path", action="store_true", help="print where it is stored instead")
@@ -154,9 +163,13 @@ def _run(args: argparse.Namespace) -> int:
     from ._paths import load_or_create_token, token_file
 
     if args.command == "serve":
-        from .server._run import serve_forever, server_options
+        from .server._run import jupyter_providers, serve_forever, server_options
 
         flags = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+        if args.jupyter:
+            flags["jupyter"] = [
+                {"url": url, "token_file": args.jupyter_token_file} for url in args.jupyter
+            ]
         settings = load_settings(flags)
         logging.basicConfig(
             level=settings.log_level,
@@ -175,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
             token=token,
             settings=settings,
             flags=flags,
+            providers=jupyter_providers(settings),
         )
         return 0
     if args.command == "token":

@@ -127,6 +127,12 @@ class FakeProvider:
     def discover(self) -> dict[str, SessionInfo]:
         return {k: i for k, i in self.announced.items() if self.kernels[k].alive}
 
+    async def refresh(self) -> bool:
+        return False
+
+    def pending(self) -> bool:
+        return False
+
     async def watch(self, changed: Any) -> None:
         return None
 

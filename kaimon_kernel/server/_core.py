@@ -38,7 +38,8 @@ from ._jobs import Job, JobStatus, JobStore
 from ._kernel import KernelSession
 from ._policy import allowed_roots, export_target, too_wide
 from ._sessions import Registry
-from .providers import LaunchRequest, reap_orphans
+from .providers import KernelProvider, LaunchRequest, reap_orphans
+from .providers._jupyter import jupyter_owner
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
@@ -46,6 +47,7 @@ JOB_SAVE_INTERVAL = 2.0
 INTERRUPT_WAIT = 10.0
 START_TIMEOUT = 60.0
 RESTART_TIMEOUT = 60.0
+RECOVER_RETRY = 1.0  # how often jobs on a kernel not yet found are looked for again
 EXPORT_MAX_BLOCKS = 10_000
 PROGRESS_INTERVAL = 0.25
 WAIT_NOTE_INTERVAL = 5.0
@@ -157,7 +159,9 @@ class Kaimon:
                 await task
             for job_task in list(self._job_tasks):
                 job_task.cancel()
-            await self.registry.local.close()
+            for provider in self.registry.providers:
+                with contextlib.suppress(Exception):
+                    await provider.close()
             await self.registry.close()
             await self.store.aclose()
 
@@ -245,16 +249,25 @@ class Kaimon:
         name: str | None = None,
         python: str | None = None,
         key: str | None = None,
+        provider: KernelProvider | None = None,
     ) -> KernelSession:
-        """Start a kernel with the gate served in ``cwd``; returns once its gate answers."""
+        """Start a kernel with the gate served in ``cwd`` (on ``provider``, by default this
+        machine); returns once its gate answers."""
         key = key or uuid.uuid4().hex[:8]
-        local = self.registry.local
+        local = provider or self.registry.local
         await local.launch(LaunchRequest(cwd=cwd, key=key, python=python, label=name))
-        return await self._wait_served(key)
+        return await self._wait_served(key, provider=local)
 
-    async def _wait_served(self, key: str, old: KernelSession | None = None) -> KernelSession:
-        """Until session ``key`` (not ``old``: the kernel it replaces) answers."""
-        local = self.registry.local
+    async def _wait_served(
+        self,
+        key: str,
+        old: KernelSession | None = None,
+        provider: KernelProvider | None = None,
+        stop: bool = True,
+    ) -> KernelSession:
+        """Until session ``key`` (not ``old``: the kernel it replaces) answers; on failure
+        its kernel is stopped if ``stop``."""
+        local: Any = provider or self.registry.local
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             session = await self.registry.wait_for(key, 0.5)
@@ -264,10 +277,12 @@ class Kaimon:
                 await self.registry.scan()
             exited = local.exited(key)
             if exited:
-                await local.shutdown(key)
+                if stop:
+                    await local.shutdown(key)
                 raise KaimonError(f"the kernel did not start: {exited}")
             if time.monotonic() > deadline:
-                await local.shutdown(key)
+                if stop:
+                    await local.shutdown(key)
                 raise KaimonError(
                     f"the kernel did not serve the gate within {START_TIMEOUT:.0f} s; "
                     f"log: {local.log_file(key)}"
@@ -289,12 +304,24 @@ class Kaimon:
         """A fresh kernel under the same session key and label: all state is lost."""
         await self._check_may_restart(session)
         key, old_pid = session.key, session.info.pid
-        local = self.registry.local
+        local = session.provider
         if local.owns(key):
             await local.restart(key)
-            return await self._wait_served(key, old=session)
+            # a person's remote kernel is never stopped for being slow to serve again
+            stop = local is self.registry.local
+            return await self._wait_served(key, old=session, provider=local, stop=stop)
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
-        await session.control_request("shutdown_request", {"restart": True}, timeout=10)
+        # Through the owner's REST API where it is found: the kernel id stays, the person
+        # sees an ordinary "Restarting", and no automatic restart is counted against it.
+        owner = await jupyter_owner(session.info.connection_file)
+        if owner is not None:
+            api, kernel_id = owner
+            try:
+                await api.restart(kernel_id)
+            finally:
+                await api.aclose()
+        else:
+            await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
         while time.monotonic() < deadline:
             await self.registry.scan()
@@ -312,11 +339,23 @@ class Kaimon:
     async def shutdown(self, session: KernelSession) -> str:
         """Stop a session's kernel; returns what became of it."""
         await self._check_may_restart(session)
-        local = self.registry.local
+        local = session.provider
         if local.owns(session.key):
             await local.shutdown(session.key)
             await self.registry.scan()
             return f"shut down session {session.key}; it is gone"
+        owner = await jupyter_owner(session.info.connection_file)
+        if owner is not None:  # the person's JupyterLab: stopped by it, not restarted by it
+            api, kernel_id = owner
+            try:
+                await api.shutdown(kernel_id)
+            finally:
+                await api.aclose()
+            await self.registry.scan()
+            return (
+                f"shut down session {session.key} through its Jupyter server ({api.url}); "
+                "it is gone, and the person's notebook shows no kernel"
+            )
         await session.control_request("shutdown_request", {"restart": False}, timeout=10)
         return (
             f"asked session {session.key}'s kernel to shut down. Its owner (e.g. JupyterLab) may "
@@ -512,33 +551,43 @@ class Kaimon:
             if _followed_by_another(job, self._me):
                 continue  # a live server (another agent's conversation) follows it
             groups.setdefault((job.session_id, job.kernel_pid), []).append(job)
-        for (session_id, pid), jobs in groups.items():
-            session = next(
-                (
-                    s
-                    for s in self.registry.sessions.values()
-                    if s.info.session_id == session_id and s.info.pid == pid
-                ),
-                None,
-            )
-            if session is not None:
-                await session.wait_ready(15)
-            try:
-                if session is None or session.state != "ready":
-                    raise KaimonError(
-                        f"its kernel (pid {pid}) is gone or no longer served"
-                        if session is None
-                        else f"its session {session.key} is {session.state}"
-                    )
-                await self._reattach(session, jobs)
-            except KaimonError as err:
-                for job in jobs:
-                    self.jobs.update(
-                        job.id,
-                        status="lost",
-                        finished_at=time.time(),
-                        reason=f"lost while the server was down: {err}",
-                    )
+        while groups:
+            for (session_id, pid), jobs in list(groups.items()):
+                session = next(
+                    (
+                        s
+                        for s in self.registry.sessions.values()
+                        if s.info.session_id == session_id and s.info.pid == pid
+                    ),
+                    None,
+                )
+                if session is None and any(p.pending() for p in self.registry.providers):
+                    continue  # a remote kernel busy with it may yet be found served
+                del groups[(session_id, pid)]
+                await self._recover(session, pid, jobs)
+            if groups:
+                await asyncio.sleep(RECOVER_RETRY)
+
+    async def _recover(self, session: KernelSession | None, pid: int, jobs: list[Job]) -> None:
+        """Re-attach the jobs of one kernel, or mark them lost with why."""
+        if session is not None:
+            await session.wait_ready(15)
+        try:
+            if session is None or session.state != "ready":
+                raise KaimonError(
+                    f"its kernel (pid {pid}) is gone or no longer served"
+                    if session is None
+                    else f"its session {session.key} is {session.state}"
+                )
+            await self._reattach(session, jobs)
+        except KaimonError as err:
+            for job in jobs:
+                self.jobs.update(
+                    job.id,
+                    status="lost",
+                    finished_at=time.time(),
+                    reason=f"lost while the server was down: {err}",
+                )
 
     async def _reattach(self, session: KernelSession, jobs: list[Job]) -> None:
         # Follow first, then ask: an evaluation ending in between is not missed.

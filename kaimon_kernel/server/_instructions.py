@@ -47,7 +47,9 @@ More detail (the tool descriptions are kept short):
 - `start_session(project_path?, name?)`: a new kernel with the gate served, in an allowed
   project (omit the path to list them; relative paths are relative to the served session's
   directory); it uses the project's .venv when that has ipykernel and kaimon-kernel. A
-  directory not allowed yet is put to the person where the client can ask.
+  directory not allowed yet is put to the person where the client can ask. With
+  `server=<URL>` (a Jupyter Server list_sessions shows), the kernel starts there instead and
+  `project_path` is relative to that server's root.
 - `manage_repl(command, session?)`: restart keeps the session's key and label but ALL state
   is lost; interrupt keeps the state; shutdown ends the kernel.
 - `set_option(mirror, session?)`: show your work live in the person's notebook (the

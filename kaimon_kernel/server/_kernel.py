@@ -101,6 +101,15 @@ class KernelSession:
         }
 
     @property
+    def info(self) -> SessionInfo:
+        """The session as its gate last told it, with where it lives (set by its provider)."""
+        return self._info
+
+    @info.setter
+    def info(self, info: SessionInfo) -> None:
+        self._info = _placed(info, getattr(self, "_info", info))
+
+    @property
     def key(self) -> str:
         return self.info.key
 
@@ -227,7 +236,8 @@ class KernelSession:
     async def _create_subshell(self, features: list[str]) -> None:
         """Gate traffic goes to a kernel subshell where the kernel has them (ipykernel 7),
         so tool calls are answered while the person's cell runs."""
-        if "kernel subshells" not in features:
+        passes = getattr(self.transport, "passes_subshells", True)  # a Jupyter Server's WS: no
+        if "kernel subshells" not in features or not passes:
             return
         try:
             reply = await self._control("create_subshell_request", {}, 5)
@@ -587,3 +597,17 @@ class KernelSession:
             ) from None
         finally:
             self._waiters.pop(msg["header"]["msg_id"], None)
+
+
+def _placed(info: SessionInfo, where: SessionInfo) -> SessionInfo:
+    """``info`` as the gate tells it, with where the kernel lives as the provider found it
+    (the gate does not know its Jupyter Server's URL)."""
+    if where.server_url is None or info.server_url is not None:
+        return info
+    return info.model_copy(
+        update={
+            "server_url": where.server_url,
+            "kernel_id": where.kernel_id,
+            "notebook_path": where.notebook_path,
+        }
+    )

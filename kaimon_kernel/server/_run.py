@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._errors import KaimonError
@@ -26,9 +26,12 @@ from ._activity import ActivityRecorder
 from ._core import Kaimon, ServerOptions
 from ._follow_config import ConfigFollower
 from ._http import BearerAuth, check_bind, transport_security
+from ._jupyter_api import JupyterAPI
 from ._mcp import build_mcp
+from ._sessions import Registry
+from .providers import JupyterServerProvider, KernelProvider, LocalProvider
 
-__all__ = ["bind", "run_http", "run_stdio", "serve_forever", "server_options"]
+__all__ = ["bind", "jupyter_providers", "run_http", "run_stdio", "serve_forever", "server_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,16 @@ def server_options(settings: Settings) -> ServerOptions:
         cwd=str(settings.cwd),
         extension_backoff=tuple(settings.extension_backoff),
     )
+
+
+def jupyter_providers(settings: Settings) -> list[KernelProvider]:
+    """A provider for every Jupyter Server in the settings (tokens read now)."""
+    providers: list[KernelProvider] = []
+    for server in settings.jupyter:
+        token, source = server.token()
+        api = JupyterAPI(server.url, token, token_source=source)
+        providers.append(JupyterServerProvider(api, projects=server.projects))
+    return providers
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -92,8 +105,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-async def run_stdio(kaimon: Kaimon) -> None:
-    mcp = build_mcp(kaimon)
+async def run_stdio(kaimon: Kaimon, settings: Settings | None = None) -> None:
+    mcp = build_mcp(kaimon, settings)
     await mcp.run_stdio_async()
 
 
@@ -119,6 +132,7 @@ async def run_http(
     *,
     sockets: list[socket.socket] | None = None,
     stop: asyncio.Event | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Serve streamable HTTP until ``stop`` is set (binds ``host:port`` unless ``sockets``)."""
     check_bind(host, token)
@@ -126,7 +140,7 @@ async def run_http(
         sockets = bind(host, port)
     import uvicorn
 
-    mcp = build_mcp(kaimon)
+    mcp = build_mcp(kaimon, settings)
     app = mcp.streamable_http_app(host=host, transport_security=transport_security(host))
     asgi = BearerAuth(app, token) if token else app
     config = uvicorn.Config(
@@ -193,8 +207,10 @@ def serve_forever(
     token: str | None = None,
     settings: Settings | None = None,
     flags: Mapping[str, Any] | None = None,
+    providers: Sequence[KernelProvider] = (),
 ) -> None:
     """Run the server until stdin closes (stdio), or until SIGINT, SIGTERM or SIGHUP.
+    Kernels are found on this machine and with ``providers`` (e.g. Jupyter Servers).
 
     Its tool calls go to the activity log in the store. Given ``settings`` (and the command
     line ``flags`` they were loaded with), it follows changes of kaimon.json while it runs.
@@ -215,7 +231,8 @@ def serve_forever(
         following: asyncio.Task[None] | None = None
         recorder: ActivityRecorder | None = None
         try:
-            kaimon = Kaimon(options)
+            registry = Registry([LocalProvider(), *providers]) if providers else None
+            kaimon = Kaimon(options, registry)
             recorder = ActivityRecorder(
                 kaimon.store,
                 kaimon.bus,
@@ -234,9 +251,11 @@ def serve_forever(
                     follower = ConfigFollower(kaimon, flags or {}, settings)
                     following = asyncio.create_task(follower.run(), name="kaimon-config")
                 task = asyncio.create_task(
-                    run_http(kaimon, host, port, token, sockets=sockets, stop=stop)
+                    run_http(
+                        kaimon, host, port, token, sockets=sockets, stop=stop, settings=settings
+                    )
                     if http
-                    else run_stdio(kaimon)
+                    else run_stdio(kaimon, settings)
                 )
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)

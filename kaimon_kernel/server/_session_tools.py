@@ -31,6 +31,7 @@ from ._policy import (
 )
 from ._results import text_result
 from ._surface import changes
+from .providers import JupyterServerProvider
 
 __all__ = ["add_session_tools"]
 
@@ -68,13 +69,13 @@ class AllowProject(BaseModel):
 
 def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
     async def ask_the_person(
-        project_path: str | None, ctx: Context
+        project_path: str | None, ctx: Context, server: str | None = None
     ) -> Elicit[AllowProject] | AllowProject | None:
         """Ask through the client (MCP elicitation) when the directory is not allowed yet.
 
         None means there is nothing to ask, or no way to ask: the tool then decides alone.
         """
-        if project_path is None:
+        if project_path is None or server is not None:  # a Jupyter server's: kaimon.json
             return None
         try:
             project = _project(kaimon, project_path)
@@ -97,8 +98,14 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
         project_path: str | None = None,
         name: Annotated[str | None, Field(description="label")] = None,
+        server: Annotated[
+            str | None, Field(description="a Jupyter Server URL from list_sessions")
+        ] = None,
     ) -> CallToolResult:
-        """Start a kernel in an allowed project (no project_path: list them)."""
+        """Start a kernel in an allowed project (no project_path: list them), on this machine
+        or a Jupyter Server."""
+        if server is not None:
+            return await _start_remote(kaimon, server, project_path, name)
         try:
             roots = allowed_roots(kaimon.options.cwd)
             listing = _roots_listing(kaimon, roots)
@@ -200,6 +207,32 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         return text_result(
             f"session {target.key}: label {info.label!r}, description {info.description!r}"
         )
+
+
+async def _start_remote(
+    kaimon: Kaimon, server: str, project_path: str | None, name: str | None
+) -> CallToolResult:
+    remotes = [p for p in kaimon.registry.providers if isinstance(p, JupyterServerProvider)]
+    wanted = server.rstrip("/") + "/"
+    provider = next((p for p in remotes if p.api.url == wanted), None)
+    if provider is None:
+        known = (
+            "\n".join(f"  {p.api.url}" for p in remotes) or "  (none: kaimon serve --jupyter URL)"
+        )
+        return text_result(
+            f"kaimon serves no Jupyter server {server!r}. It serves:\n{known}", error=True
+        )
+    try:
+        path = provider.allowed_path(project_path)
+        session = await kaimon.start_session(path, name=name, provider=provider)
+    except KaimonError as err:
+        return text_result(str(err), error=True)
+    return text_result(
+        f"Started session {session.key} (label {session.info.label!r}) on {provider.api.url} "
+        f"in {path or 'its root'}, Python {session.info.python_version}. Pass session="
+        f"{session.key!r} to ex.",
+        structured={"key": session.key, "label": session.info.label, "server": provider.api.url},
+    )
 
 
 GONE = (

@@ -33,6 +33,7 @@ __all__ = ["Registry"]
 logger = logging.getLogger(__name__)
 
 LIVENESS_INTERVAL = 1.0
+FIRST_LOOK = 5.0
 
 
 class Registry:
@@ -99,7 +100,9 @@ class Registry:
             seen = {}
             for provider in self.providers:
                 for key, info in provider.discover().items():
-                    seen[key] = (provider, info)
+                    # the first provider wins: a kernel both this machine and a Jupyter
+                    # server announce (the person's local JupyterLab) is reached over ZMQ
+                    seen.setdefault(key, (provider, info))
             changed = False
             for key in list(self.sessions):
                 session = self.sessions[key]
@@ -139,7 +142,15 @@ class Registry:
                 self._changed = asyncio.Event()
 
     async def first(self) -> None:
-        """The first scan; remembers which sessions it found."""
+        """The first scan; remembers which sessions it found. Remote providers get a moment
+        to look first (not longer: an unreachable server must not hold up the start)."""
+        looks = [asyncio.ensure_future(p.refresh()) for p in self.providers]
+        done, pending = await asyncio.wait(looks, timeout=FIRST_LOOK)
+        for look in pending:
+            look.cancel()
+        for look in done:
+            if not look.cancelled() and look.exception() is not None:
+                logger.warning("looking for sessions failed: %s", look.exception())
         await self.scan()
         self.first_scan = set(self.sessions)
 

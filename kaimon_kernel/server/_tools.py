@@ -75,6 +75,8 @@ def session_row(session: KernelSession) -> dict[str, Any]:
         "allow_restart": info.allow_restart,
         "tools": len(session.tools),
         "concurrent_tools": session.subshell_id is not None,
+        "server_url": info.server_url,
+        "notebook_path": info.notebook_path,
     }
 
 
@@ -218,6 +220,8 @@ def add_exec_tools(
             text = "\n".join(
                 f"{r['key']}  label={r['label']!r}  {r['status']}  pid={r['pid']}  "
                 f"python {r['python_version']}  started_by={r['started_by']}  cwd={r['cwd']}"
+                + (f"\n    on {r['server_url']}" if r["server_url"] else "")
+                + (f"  notebook {r['notebook_path']}" if r["notebook_path"] else "")
                 + (f"\n    {r['description']}" if r["description"] else "")
                 for r in rows
             )

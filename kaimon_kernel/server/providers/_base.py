@@ -37,6 +37,16 @@ class KernelProvider(Protocol):
         """The kernels that say they are served, by session key (not yet verified)."""
         ...
 
+    async def refresh(self) -> bool:
+        """Look now (a remote provider polls its server; discover answers from what it saw);
+        whether anything changed. The registry awaits it, bounded, before its first scan."""
+        ...
+
+    def pending(self) -> bool:
+        """Whether some kernel could not be looked at yet (a remote kernel busy since before
+        this server started): a job that runs there may still be found."""
+        ...
+
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
         """Call ``changed`` whenever the announcements may have changed; runs until cancelled."""
         ...

@@ -243,6 +243,12 @@ class LocalProvider:
                 found[info.key] = info
         return found
 
+    async def refresh(self) -> bool:
+        return False  # discover() reads the session files each time
+
+    def pending(self) -> bool:
+        return False  # every served kernel has its session file
+
     async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
         # step: how often the watcher thread looks for events (a wake-up each time when idle)
         async for _ in watchfiles.awatch(*self.directories, debounce=50, step=250, recursive=False):

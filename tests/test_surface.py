@@ -104,6 +104,11 @@ def test_compact_schema_drops_titles_null_options_and_obvious_defaults() -> None
             "quiet": {"type": "boolean", "default": False, "title": "Quiet"},
             "limit": {"type": "integer", "default": 20, "minimum": 1, "maximum": 500},
             "both": {"anyOf": [{"type": "string"}, {"type": "integer"}], "title": "Both"},
+            "mode": {
+                "anyOf": [{"enum": ["a", "b"], "type": "string"}, {"type": "null"}],
+                "default": None,
+            },
+            "level": {"enum": [1, 2], "type": "integer"},
         },
         "required": [],
     }
@@ -114,6 +119,8 @@ def test_compact_schema_drops_titles_null_options_and_obvious_defaults() -> None
             "quiet": {"type": "boolean"},
             "limit": {"type": "integer", "default": 20, "maximum": 500},
             "both": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "mode": {"enum": ["a", "b"]},
+            "level": {"enum": [1, 2], "type": "integer"},
         },
         "required": [],
     }

@@ -98,12 +98,9 @@ def add_session_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         permission: Annotated[ElicitationResult[AllowProject], Resolve(ask_the_person)],
         project_path: str | None = None,
         name: Annotated[str | None, Field(description="label")] = None,
-        server: Annotated[
-            str | None, Field(description="a Jupyter Server URL from list_sessions")
-        ] = None,
+        server: Annotated[str | None, Field(description="Jupyter Server URL")] = None,
     ) -> CallToolResult:
-        """Start a kernel in an allowed project (no project_path: list them), on this machine
-        or a Jupyter Server."""
+        """Start a kernel in an allowed project (no project_path: list them)."""
         if server is not None:
             return await _start_remote(kaimon, server, project_path, name)
         try:

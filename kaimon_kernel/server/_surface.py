@@ -87,8 +87,8 @@ def tidy_description(text: str | None) -> str | None:
 def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """An input schema without what costs bytes and tells a model little: titles, the
     ``anyOf [X, null]`` + ``default: null`` of an optional parameter (not required says it),
-    a flag's ``default: false``, a count's ``minimum`` of 0 or 1. Calls are still validated
-    against the full model; this is only what is listed."""
+    a flag's ``default: false``, a count's ``minimum`` of 0 or 1, the ``type`` of an enum of
+    strings. Calls are still validated against the full model; this is only what is listed."""
     out = {k: v for k, v in schema.items() if k != "title"}
     props = out.get("properties")
     if isinstance(props, dict):
@@ -110,6 +110,10 @@ def _compact_property(prop: Any) -> Any:
         if len(kept) == 1 and isinstance(kept[0], dict):
             del prop["anyOf"], prop["default"]
             prop = {**kept[0], **prop}
+    enum = prop.get("enum")
+    if prop.get("type") == "string" and isinstance(enum, list) and enum:
+        if all(isinstance(v, str) for v in enum):
+            del prop["type"]  # the choices say it
     return prop
 
 

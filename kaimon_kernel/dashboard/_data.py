@@ -27,6 +27,7 @@ from .._paths import config_file, data_dir
 from .._protocol import ProcessIdentity, SessionInfo
 from .._settings import load_settings
 from ..server._activity import log_dir
+from ..server.providers import pid_alive
 
 __all__ = [
     "CONFIG_KEYS",
@@ -259,17 +260,17 @@ class Store:
         return out
 
     def panels(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for r in self._query("SELECT session_key, panel FROM panels"):
-            with contextlib.suppress(ValueError):
-                out[r["session_key"]] = json.loads(r["panel"])
-        return out
+        return self._by_session("SELECT session_key, panel FROM panels")
 
     def session_tools(self) -> dict[str, list[str]]:
+        return self._by_session("SELECT session_key, tools FROM session_tools")
+
+    def _by_session(self, sql: str) -> dict[str, Any]:
+        """A table of JSON by session key (a row that does not parse is left out)."""
         out = {}
-        for r in self._query("SELECT session_key, tools FROM session_tools"):
+        for key, text in self._query(sql):
             with contextlib.suppress(ValueError):
-                out[r["session_key"]] = json.loads(r["tools"])
+                out[key] = json.loads(text)
         return out
 
     def block(self, block_id: str, offset: int = 0, limit: int = PAGE_CHARS) -> BlockPage | None:
@@ -311,53 +312,43 @@ def read_sessions(store: Store, running: list[ActivityRow] | None = None) -> lis
     for (key,) in store._query("SELECT session_key FROM jobs WHERE status = 'running'"):
         jobs[key] = jobs.get(key, 0) + 1
     rows = []
+
+    def add(info: SessionInfo, alive: bool, remote: tuple[str, int] | None = None) -> None:
+        key = info.key
+        rows.append(
+            SessionRow(
+                info,
+                alive,
+                tools.get(key, []),
+                [r for r in running if r.session_key == key and _server_alive(r)],
+                jobs.get(key, 0),
+                panels.get(key, {}),
+                remote,
+            )
+        )
+
     for path in _session_files():
         try:
             info = SessionInfo.model_validate_json(path.read_text())
         except (OSError, ValidationError, ValueError):
             continue
         identity = info.kernel or ProcessIdentity.of(info.pid)
-        alive = identity is not None and identity.alive()
-        rows.append(
-            SessionRow(
-                info,
-                alive,
-                tools.get(info.key, []),
-                [r for r in running if r.session_key == info.key and _server_alive(r)],
-                jobs.get(info.key, 0),
-                panels.get(info.key, {}),
-            )
-        )
+        add(info, identity is not None and identity.alive())
     local = {r.key for r in rows}
     for key, pid, provider, text in store._query(
         "SELECT session_key, server_pid, provider, info FROM remote_sessions"
         " ORDER BY updated_at DESC"
     ):
-        if key in local or not _pid_alive(pid):
+        if key in local or not pid_alive(pid):
             continue
         try:
             info = SessionInfo.model_validate_json(text)
         except (ValidationError, ValueError):
             continue
         local.add(key)
-        rows.append(
-            SessionRow(
-                info,
-                True,
-                tools.get(key, []),
-                [r for r in running if r.session_key == key and _server_alive(r)],
-                jobs.get(key, 0),
-                panels.get(key, {}),
-                (provider, pid),
-            )
-        )
+        add(info, True, (provider, pid))
     rows.sort(key=lambda r: (r.info.started_by == "extension", r.info.started_at))
     return rows
-
-
-def _pid_alive(pid: int) -> bool:
-    identity = ProcessIdentity.of(pid)
-    return identity is not None and identity.alive()
 
 
 _alive_cache: dict[int, tuple[float, bool]] = {}
@@ -368,8 +359,7 @@ def _server_alive(row: ActivityRow) -> bool:
     now = time.monotonic()
     seen = _alive_cache.get(row.server_pid)
     if seen is None or now - seen[0] > 2.0:
-        identity = ProcessIdentity.of(row.server_pid)
-        seen = (now, identity is not None and identity.alive())
+        seen = (now, pid_alive(row.server_pid))
         _alive_cache[row.server_pid] = seen
     return seen[1]
 

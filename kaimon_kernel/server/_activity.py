@@ -226,35 +226,28 @@ class ActivityRecorder:
         if isinstance(event.values, dict):
             panel.update(event.values)
         text = json.dumps(panel, ensure_ascii=False, default=str)
-        row = (event.session, text, time.time())
-
-        def save(db: sqlite3.Connection) -> None:
-            with db:
-                db.execute(
-                    "INSERT INTO panels (session_key, panel, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (session_key) DO UPDATE SET panel = excluded.panel,"
-                    " updated_at = excluded.updated_at",
-                    row,
-                )
-
-        self.store.post(save, f"saving the panel of session {event.session}")
+        self._save_of_session("panels", "panel", event.session, text)
 
     def _tools(self, event: ToolsChanged) -> None:
         names = self.tools_of(event.session) if self.tools_of else None
         if names is None:
             return
-        row = (event.session, json.dumps(names), time.time())
+        self._save_of_session("session_tools", "tools", event.session, json.dumps(names))
+
+    def _save_of_session(self, table: str, column: str, session: str, text: str) -> None:
+        """Upsert one session's JSON ``text`` in ``table`` (keyed by session)."""
+        sql = (
+            f"INSERT INTO {table} (session_key, {column}, updated_at) VALUES (?, ?, ?)"
+            f" ON CONFLICT (session_key) DO UPDATE SET {column} = excluded.{column},"
+            " updated_at = excluded.updated_at"
+        )
+        row = (session, text, time.time())
 
         def save(db: sqlite3.Connection) -> None:
             with db:
-                db.execute(
-                    "INSERT INTO session_tools (session_key, tools, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (session_key) DO UPDATE SET tools = excluded.tools,"
-                    " updated_at = excluded.updated_at",
-                    row,
-                )
+                db.execute(sql, row)
 
-        self.store.post(save, f"saving the tools of session {event.session}")
+        self.store.post(save, f"saving the {column} of session {session}")
 
     def _remote(self, event: SessionCame | SessionChanged | SessionWent) -> None:
         found = (

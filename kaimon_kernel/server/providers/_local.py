@@ -487,7 +487,7 @@ def _remove_ipc_sockets(connection_file: str) -> None:
         return
     if not isinstance(info, dict) or info.get("transport") != "ipc":
         return
-    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+    for channel in _CHANNELS:
         with contextlib.suppress(OSError, TypeError):
             os.unlink(f"{info['ip']}-{info[channel + '_port']}")
 

@@ -313,14 +313,7 @@ class Kaimon:
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
         # Through the owner's REST API where it is found: the kernel id stays, the person
         # sees an ordinary "Restarting", and no automatic restart is counted against it.
-        owner = await jupyter_owner(session.info.connection_file)
-        if owner is not None:
-            api, kernel_id = owner
-            try:
-                await api.restart(kernel_id)
-            finally:
-                await api.aclose()
-        else:
+        if await _through_owner(session, restart=True) is None:
             await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
         while time.monotonic() < deadline:
@@ -344,16 +337,11 @@ class Kaimon:
             await local.shutdown(session.key)
             await self.registry.scan()
             return f"shut down session {session.key}; it is gone"
-        owner = await jupyter_owner(session.info.connection_file)
-        if owner is not None:  # the person's JupyterLab: stopped by it, not restarted by it
-            api, kernel_id = owner
-            try:
-                await api.shutdown(kernel_id)
-            finally:
-                await api.aclose()
+        url = await _through_owner(session, restart=False)
+        if url is not None:  # the person's JupyterLab: stopped by it, not restarted by it
             await self.registry.scan()
             return (
-                f"shut down session {session.key} through its Jupyter server ({api.url}); "
+                f"shut down session {session.key} through its Jupyter server ({url}); "
                 "it is gone, and the person's notebook shows no kernel"
             )
         await session.control_request("shutdown_request", {"restart": False}, timeout=10)
@@ -798,6 +786,23 @@ class Kaimon:
                 )
             )
         yield result
+
+
+async def _through_owner(session: KernelSession, *, restart: bool) -> str | None:
+    """Restart or shut down ``session``'s kernel through the Jupyter server on this machine
+    that runs it (the person's JupyterLab); that server's URL, or None when none claims it."""
+    owner = await jupyter_owner(session.info.connection_file)
+    if owner is None:
+        return None
+    api, kernel_id = owner
+    try:
+        if restart:
+            await api.restart(kernel_id)
+        else:
+            await api.shutdown(kernel_id)
+    finally:
+        await api.aclose()
+    return api.url
 
 
 def _followed_by_another(job: Job, me: ProcessIdentity) -> bool:

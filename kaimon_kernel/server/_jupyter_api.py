@@ -90,6 +90,10 @@ def _base(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def _kernel_path(kernel_id: str, tail: str = "") -> str:
+    return f"api/kernels/{quote(kernel_id, safe='')}{tail}"
+
+
 @dataclass
 class JupyterAPI:
     """One Jupyter Server: ``url`` (its base URL, without the token) and its ``token``."""
@@ -118,7 +122,7 @@ class JupyterAPI:
     def channels_url(self, kernel_id: str, session_id: str) -> str:
         """The kernel's WebSocket URL (no token: it goes in the header)."""
         return (
-            f"{self.ws_base}api/kernels/{quote(kernel_id, safe='')}/channels"
+            f"{self.ws_base}{_kernel_path(kernel_id, '/channels')}"
             f"?session_id={quote(session_id, safe='')}"
         )
 
@@ -186,7 +190,7 @@ class JupyterAPI:
 
     async def kernel(self, kernel_id: str) -> RemoteKernel:
         """One kernel; :class:`KernelGone` when the server no longer has it."""
-        path = f"api/kernels/{quote(kernel_id, safe='')}"
+        path = _kernel_path(kernel_id)
         return RemoteKernel.of(await self.request("GET", path, kernel_id=kernel_id))
 
     async def sessions(self) -> dict[str, str]:
@@ -224,20 +228,18 @@ class JupyterAPI:
 
     async def restart(self, kernel_id: str) -> RemoteKernel:
         """Restart by the server (same kernel id: JupyterLab shows an ordinary restart)."""
-        path = f"api/kernels/{quote(kernel_id, safe='')}/restart"
+        path = _kernel_path(kernel_id, "/restart")
         return RemoteKernel.of(await self.request("POST", path, kernel_id=kernel_id))
 
     async def interrupt(self, kernel_id: str) -> None:
         """Interrupt by the server (it knows the kernelspec's interrupt mode)."""
-        path = f"api/kernels/{quote(kernel_id, safe='')}/interrupt"
+        path = _kernel_path(kernel_id, "/interrupt")
         await self.request("POST", path, kernel_id=kernel_id)
 
     async def shutdown(self, kernel_id: str) -> None:
         """Stop the kernel; a kernel already gone is not an error."""
         try:
-            await self.request(
-                "DELETE", f"api/kernels/{quote(kernel_id, safe='')}", kernel_id=kernel_id
-            )
+            await self.request("DELETE", _kernel_path(kernel_id), kernel_id=kernel_id)
         except KernelGone:
             pass
 

@@ -40,6 +40,7 @@ from pydantic_settings import (
 
 from ._errors import KaimonError
 from ._paths import config_file
+from .extensions._supervisor import DEFAULT_BACKOFF
 
 __all__ = [
     "DEFAULT_CANCEL_GRACE",
@@ -248,7 +249,7 @@ class Settings(BaseSettings):
         "set_option or %kaimon mirror on); running servers follow a change in kaimon.json",
     )
     extension_backoff: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [5.0, 10.0, 30.0, 60.0],
+        default_factory=lambda: list(DEFAULT_BACKOFF),
         min_length=1,
         description="seconds before a crashed extension is started again (the last repeats)",
     )

@@ -21,6 +21,7 @@ from .._config import DEFAULT_CANCEL_GRACE, DEFAULT_PROMOTE_AFTER
 from .._errors import JobNotFound, KaimonError, NotAllowed, SessionNotFound, StoreError
 from .._paths import data_dir
 from .._protocol import ProcessIdentity, TextBlock, ToolProgress, ToolResult, ToolSpec
+from ..extensions._supervisor import DEFAULT_BACKOFF
 from ._blocks import BlockStore
 from ._db import Database
 from ._events import (
@@ -69,7 +70,7 @@ class ServerOptions:
     cancel_grace: float = DEFAULT_CANCEL_GRACE
     cwd: str = field(default_factory=os.getcwd)
     #: Seconds before a crashed extension is started again (the last repeats).
-    extension_backoff: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0)
+    extension_backoff: tuple[float, ...] = DEFAULT_BACKOFF
 
 
 JOB_STATUS: dict[str, JobStatus] = {

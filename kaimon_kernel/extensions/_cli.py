@@ -102,12 +102,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ext = find_extension(registry, args.name)
     if action in ("remove", "enable", "disable"):
-        with registry.editing() as entries:
-            if action == "remove":
+        if action == "remove":
+            with registry.editing() as entries:
                 entries[:] = [e for e in entries if e.project_path != ext.entry.project_path]
-            for e in entries:
-                if e.project_path == ext.entry.project_path:
-                    e.enabled = action == "enable"
+        else:
+            registry.set_enabled(ext.entry.project_path, action == "enable")
         print(f"kaimon: {action}d extension {ext.name}")
         return 0
     ok, message = asyncio.run(send_request(ext.name, action))

@@ -115,6 +115,13 @@ class Registry:
             data = _File(extensions=self.entries).model_dump()
             write_private(self.path, json.dumps(data, indent=1) + "\n")
 
+    def set_enabled(self, project_path: str, enabled: bool) -> None:
+        """Enable or disable the extension of ``project_path`` (written under the lock)."""
+        with self.editing() as entries:
+            for entry in entries:
+                if entry.project_path == project_path:
+                    entry.enabled = enabled
+
 
 @dataclass
 class Extension:

@@ -143,10 +143,7 @@ def add_extension_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
         try:
             ext = find_extension(registry, name)
             if action in ("enable", "disable"):
-                with registry.editing() as entries:
-                    for entry in entries:
-                        if entry.project_path == ext.entry.project_path:
-                            entry.enabled = action == "enable"
+                registry.set_enabled(ext.entry.project_path, action == "enable")
                 note = ""
                 if action == "enable" and ext.entry.auto_start:
                     note = " (it starts now, as it is auto_start)"

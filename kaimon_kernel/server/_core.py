@@ -193,9 +193,7 @@ class Kaimon:
                     "in a project directory; or call start_session with an allowed project."
                 ) from None
             async with self._start_lock:
-                if any(  # another call started one meanwhile
-                    s.info.started_by != "extension" for s in self.registry.sessions.values()
-                ):
+                if self.registry.agent_sessions():  # another call started one meanwhile
                     return await self.resolve(None), ""
                 session = await self.start_session(self.options.cwd)
             connection = Path(session.info.connection_file).name

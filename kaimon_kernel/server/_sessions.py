@@ -208,12 +208,16 @@ class Registry:
                 )
             )
 
+    def agent_sessions(self) -> list[KernelSession]:
+        """The sessions a call naming none may mean: an extension's process serves its
+        tools, not the agent's code, so it is reached only by name."""
+        return [s for s in self.sessions.values() if s.info.started_by != "extension"]
+
     def resolve(self, name: str | None) -> KernelSession:
         """The session called ``name`` (key, key prefix, label or namespace), or the only one."""
         sessions = list(self.sessions.values())
         if not name:
-            # an extension's process serves its tools, not the agent's code: only by name
-            sessions = [s for s in sessions if s.info.started_by != "extension"]
+            sessions = self.agent_sessions()
             if len(sessions) == 1:
                 return sessions[0]
             if not sessions:

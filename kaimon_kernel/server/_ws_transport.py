@@ -154,11 +154,7 @@ class WebSocketTransport:
             raise ConnectionError(self.lost or "the kernel's WebSocket is closed")
         if msg["header"]["msg_type"] == "execute_request":
             self._in_flight[msg["header"]["msg_id"]] = time.monotonic()
-        data = self._serialize(channel, msg)
-        if self._conn is None:
-            self._queue.append(data)
-            return
-        self._write(data)
+        self._write(self._serialize(channel, msg))  # queued while (re)connecting
 
     def close(self) -> None:
         self._closed = True

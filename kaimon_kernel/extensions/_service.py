@@ -182,11 +182,8 @@ class Supervisor:
     def _runner(self, ext: Extension) -> Runner:
         runner = self.runners.get(ext.entry.project_path)
         if runner is None:
-            status = ExtensionStatus(
-                name=ext.name, project_path=ext.entry.project_path, key=ext.key
-            )
             runner = Runner(
-                status,
+                _stopped(ext),
                 lambda: self.spawn(self.catalog.get(ext.entry.project_path, ext)),
                 backoff=self.backoff,
                 on_change=lambda _status: self._write_state(),
@@ -199,10 +196,7 @@ class Supervisor:
             return
         statuses = {r.status.name: r.status for r in self.runners.values()}
         for ext in self.catalog.values():
-            statuses.setdefault(
-                ext.name,
-                ExtensionStatus(name=ext.name, project_path=ext.entry.project_path, key=ext.key),
-            )
+            statuses.setdefault(ext.name, _stopped(ext))
         state = SupervisorState(supervisor=self.me, extensions=statuses)
         with contextlib.suppress(OSError):
             write_private(state_file(), state.model_dump_json())
@@ -266,6 +260,11 @@ class Supervisor:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _stopped(ext: Extension) -> ExtensionStatus:
+    """The status of an extension that has not run (yet)."""
+    return ExtensionStatus(name=ext.name, project_path=ext.entry.project_path, key=ext.key)
 
 
 @contextlib.asynccontextmanager

@@ -87,8 +87,12 @@ class KernelProcess:
         return sessions_dir() / f"session-{self.ext.key}.json"
 
     @property
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        return getattr(self.manager.provisioner, "process", None) if self.manager else None
+
+    @property
     def pid(self) -> int | None:
-        process = getattr(self.manager.provisioner, "process", None) if self.manager else None
+        process = self._process
         return process.pid if process is not None else None
 
     async def start(self) -> None:
@@ -147,7 +151,7 @@ class KernelProcess:
         )
 
     def exit_code(self) -> int | None:
-        process = getattr(self.manager.provisioner, "process", None) if self.manager else None
+        process = self._process
         return process.poll() if process is not None else None
 
     def served(self) -> bool:

@@ -8,6 +8,7 @@ server talks to the kernel over the kernel's own channels.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import platform
@@ -15,6 +16,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -221,7 +224,7 @@ class Gate:
         self.evals.view = self.view
         # ipykernel's way: one handler per message type, found by name
         self._handlers: dict[str, Any] = {t: getattr(self, f"_on_{t}") for t in REQUESTS}
-        self._server_calls: dict[str, _ServerCallWaiter] = {}
+        self._server_calls: dict[str, Future[ServerCallResult]] = {}
         #: Called as listener(topic, data, session) for each server event (extensions).
         self.event_listeners: list[Any] = []
         atexit.register(self._at_exit)
@@ -462,8 +465,8 @@ class Gate:
     def _on_server_call_result(self, link: ServerLink, request: ServerCallResult) -> None:
         waiter = self._server_calls.get(request.call_id)
         if waiter is not None:
-            waiter.append(request)
-            waiter.done.set()
+            with contextlib.suppress(InvalidStateError):  # a second answer: the first counts
+                waiter.set_result(request)
 
     def call_server(
         self, name: str, arguments: dict[str, Any], timeout: float, *, listing: bool = False
@@ -487,19 +490,19 @@ class Gate:
             listing=listing,
             from_main_thread=threading.current_thread() is threading.main_thread(),
         )
-        waiter = _ServerCallWaiter()
+        waiter: Future[ServerCallResult] = Future()
         self._server_calls[call.call_id] = waiter
         try:
             send(link.comm, call)
-            # the server enforces the timeout itself; this margin covers the way back
-            if not waiter.done.wait(timeout + 5):
+            try:  # the server enforces the timeout itself; this margin covers the way back
+                return waiter.result(timeout + 5)
+            except FutureTimeout:
                 raise KaimonError(
                     f"the kaimon server (pid {link.server_pid}) did not answer the call of "
                     f"{name or 'its tool list'} within {timeout:g} s"
-                )
+                ) from None
         finally:
             self._server_calls.pop(call.call_id, None)
-        return waiter[0]
 
     def push_panel(self, values: dict[str, Any]) -> None:
         """Send panel state (JSON values already) to every connected server."""
@@ -627,14 +630,6 @@ def _delete_subshell(subshell_id: str) -> None:
             client.stop_channels()
 
     threading.Thread(target=work, name="kaimon-drop-subshell", daemon=True).start()
-
-
-class _ServerCallWaiter(list):  # type: ignore[type-arg]
-    """Where a ServerCallResult lands, and the flag that says it has."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.done = threading.Event()
 
 
 def _call_listener(listener: Any, topic: str, data: dict[str, Any], session: str) -> None:

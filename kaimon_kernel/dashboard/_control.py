@@ -241,16 +241,17 @@ async def extension_action(name: str, action: str) -> str:
     ext = find_extension(registry, name)
     path = ext.entry.project_path
     if action in ("enable", "disable", "auto_start", "remove"):
-        with registry.editing() as entries:
-            if action == "remove":
-                entries[:] = [e for e in entries if e.project_path != path]
-            for e in entries:
-                if e.project_path == path:
-                    if action == "auto_start":
+        if action == "auto_start":
+            with registry.editing() as entries:
+                for e in entries:
+                    if e.project_path == path:
                         e.auto_start = not e.auto_start
                         action = "auto-start on" if e.auto_start else "auto-start off"
-                    else:
-                        e.enabled = action == "enable"
+        elif action == "remove":
+            with registry.editing() as entries:
+                entries[:] = [e for e in entries if e.project_path != path]
+        else:
+            registry.set_enabled(path, action == "enable")
         done = {"enable": "enabled", "disable": "disabled", "remove": "removed"}
         return f"extension {ext.name}: {done.get(action, action)}"
     ok, message = await send_request(ext.name, action)

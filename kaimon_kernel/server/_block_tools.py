@@ -14,11 +14,12 @@ from ._core import Kaimon
 from ._results import text_result
 from ._surface import READ_ONLY, changes
 
-__all__ = ["add_block_tools", "read_page"]
+__all__ = ["add_block_tools", "first_line", "read_page"]
 
 
-def _first_line(code: str) -> str:
-    return (code.strip().splitlines() or [""])[0][:70]
+def first_line(code: str, width: int = 70) -> str:
+    """The first line of ``code``, at most ``width`` characters."""
+    return (code.strip().splitlines() or [""])[0][:width]
 
 
 async def read_page(
@@ -73,7 +74,7 @@ def add_block_tools(mcp: MCPServer, kaimon: Kaimon) -> None:
                 "status": b.status,
                 "duration_s": b.duration,
                 "chars": b.chars,
-                "code": _first_line(b.code),
+                "code": first_line(b.code),
                 "started_at": b.started_at,
             }
             for b in blocks

@@ -16,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.types import Resource
 
 from .._errors import KaimonError
-from ._block_tools import read_page
+from ._block_tools import first_line, read_page
 from ._core import Kaimon
 from ._results import image_uri
 from ._tools import session_row
@@ -94,7 +94,7 @@ async def listed_resources(kaimon: Kaimon) -> list[Resource]:
         for s in kaimon.registry.sessions.values()
     ]
     for b in await kaimon.blocks.history(None, LISTED_BLOCKS):
-        first = (b.code.strip().splitlines() or [""])[0][:60]
+        first = first_line(b.code, 60)
         out.append(
             Resource(
                 uri=f"kaimon://block/{b.id}",

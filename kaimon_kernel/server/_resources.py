@@ -18,7 +18,7 @@ from mcp.types import Resource
 from .._errors import KaimonError
 from ._block_tools import first_line, read_page
 from ._core import Kaimon
-from ._results import image_uri
+from ._results import IMAGE_EXTENSIONS, image_uri
 from ._tools import session_row
 
 __all__ = ["LISTED_BLOCKS", "add_resources", "listed_resources"]
@@ -59,7 +59,7 @@ def add_resources(mcp: MCPServer, kaimon: Kaimon) -> None:
             raise ResourceError(str(err)) from None
         return text
 
-    for ext, mime in (("png", "image/png"), ("jpeg", "image/jpeg")):
+    for mime, ext in IMAGE_EXTENSIONS.items():
         _add_image_template(mcp, kaimon, ext, mime)
 
 

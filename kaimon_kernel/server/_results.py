@@ -10,9 +10,10 @@ from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, 
 from .._output import Image
 from .._settings import ImagesSetting
 
-__all__ = ["image_content", "image_uri", "text_result"]
+__all__ = ["IMAGE_EXTENSIONS", "image_content", "image_uri", "text_result"]
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg"}
+#: The file extension of each image type in resource URIs.
+IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg"}
 
 
 def text_result(
@@ -27,7 +28,7 @@ def text_result(
 
 def image_uri(block_id: str, number: int, mime: str) -> str:
     """The resource an ex's ``number``-th image (from 1) is read from."""
-    return f"kaimon://block/{block_id}/image/{number}.{_EXTENSIONS.get(mime, 'png')}"
+    return f"kaimon://block/{block_id}/image/{number}.{IMAGE_EXTENSIONS.get(mime, 'png')}"
 
 
 def image_content(

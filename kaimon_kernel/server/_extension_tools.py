@@ -13,7 +13,7 @@ from pydantic import Field
 
 from ..extensions import Registry, extensions, find_extension, read_state, send_request
 from ..extensions._process import log_file
-from ..extensions._registry import Extension, RegistryError
+from ..extensions._registry import Extension, RegistryError, registry_file, registry_stamp
 from ..extensions._supervisor import ExtensionStatus
 from ._core import Kaimon
 from ._results import text_result
@@ -24,12 +24,21 @@ __all__ = ["EXTENSION_TOOLS", "add_extension_tools", "extension_tools_listed"]
 EXTENSION_TOOLS = frozenset({"extension_info", "manage_extension"})
 
 
+#: The registry file's (path, stamp) and what extension_tools_listed said for it.
+_listed: tuple[object, bool] | None = None
+
+
 def extension_tools_listed() -> bool:
     """Whether the extension tools are worth their place in tools/list: an extension is
     registered (or the registry has a problem to report). They stay callable either way; an
     extension that comes is a session that comes, which re-lists the tools."""
-    registry = Registry()
-    return bool(registry.entries or registry.problem)
+    global _listed
+    path = registry_file()
+    stamp = (path, registry_stamp(path))
+    if _listed is None or _listed[0] != stamp:  # read again only when the file changed
+        registry = Registry(path)
+        _listed = (stamp, bool(registry.entries or registry.problem))
+    return _listed[1]
 
 
 def _uptime(status: ExtensionStatus | None) -> float | None:

@@ -183,7 +183,7 @@ def text_of(result: Any) -> str:
 class JupyterServer:
     """A real Jupyter server (``app="jupyter_server"``) or JupyterLab (``app="jupyterlab"``)."""
 
-    def __init__(self, root: Path, app: str = "jupyter_server") -> None:
+    def __init__(self, root: Path, app: str = "jupyter_server", *extra: str) -> None:
         self.log = root / f"{app}.log"
         self.port = free_port()
         self.token = "jstoken0123456789"
@@ -198,6 +198,7 @@ class JupyterServer:
                 f"--ServerApp.root_dir={root}",
                 "--ServerApp.ip=127.0.0.1",
                 "--allow-root",
+                *extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -228,3 +229,11 @@ class JupyterServer:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@pytest.fixture
+def jupyter_server(tmp_path: Path) -> Iterator[JupyterServer]:
+    """A real Jupyter server in ``tmp_path``, stopped after the test."""
+    server = JupyterServer(tmp_path)
+    yield server
+    server.stop()

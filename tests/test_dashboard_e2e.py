@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +115,6 @@ async def test_a_job_cancelled_from_the_dashboard_ends_cancelled(person: PersonK
         # the session is free again
         after = await client.call_tool("ex", {"code": "'free'"})
         assert "free" in text_of(after)
-
-
-@pytest.fixture
-def jupyter_server(tmp_path: Path) -> Iterator[JupyterServer]:
-    server = JupyterServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_a_session_restarted_from_the_dashboard_comes_back(

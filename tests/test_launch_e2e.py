@@ -24,7 +24,6 @@ from conftest import (
     DEADLINE,
     JupyterServer,
     PersonKernel,
-    free_port,
     sessions_dir,
     stdio_client,
     text_of,
@@ -569,27 +568,7 @@ class CurveJupyterServer(JupyterServer):
     """A real Jupyter server that provisions CurveZMQ keys for kernelspecs declaring them."""
 
     def __init__(self, root: Path) -> None:
-        self.log = root / "jupyter_server.log"
-        self.port = free_port()
-        self.token = "jstoken0123456789"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter_server",
-                "--no-browser",
-                f"--port={self.port}",
-                f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={root}",
-                "--ServerApp.ip=127.0.0.1",
-                "--allow-root",
-                "--KernelManager.transport_encryption=auto",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-        wait_until(self._up, 60, "the Jupyter server")
+        super().__init__(root, "jupyter_server", "--KernelManager.transport_encryption=auto")
 
 
 async def test_a_kernel_a_jupyter_server_gave_curve_keys_is_served_and_reached_encrypted(

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +188,6 @@ async def test_labels_and_descriptions_set_by_the_agent(person: PersonKernel) ->
 
 
 # -- a kernel owned by a real Jupyter server ---------------------------------------------------
-
-
-@pytest.fixture
-def jupyter_server(tmp_path: Path) -> Iterator[JupyterServer]:
-    server = JupyterServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_restart_of_a_jupyter_server_kernel_serves_the_gate_again(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -49,6 +50,23 @@ def wait_until(predicate: Any, timeout: float = DEADLINE, what: str = "condition
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def eventually(
+    predicate: Any, what: str, timeout: float = DEADLINE, interval: float = 0.1
+) -> Any:
+    """Until ``predicate()`` (awaited when it returns a coroutine) is truthy; its value.
+    An AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class PersonKernel:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import stdio_client, text_of
+from conftest import eventually, stdio_client, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -42,17 +41,7 @@ def create_tools():
 """
 
 
-async def until(predicate: Any, what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
+until = functools.partial(eventually, timeout=DEADLINE)
 
 
 async def listed(client: Any, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from conftest import (
     DEADLINE,
     JupyterServer,
     PersonKernel,
+    eventually,
     stdio_client,
     text_of,
     wait_until,
@@ -34,15 +35,7 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+until = functools.partial(eventually, interval=0.02)
 
 
 def store() -> Path:

@@ -5,6 +5,7 @@ session files), so servers of other tests never see its extensions."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import stdio_client, text_of
+from conftest import eventually, stdio_client, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -101,17 +102,7 @@ def status(name: str) -> dict[str, Any]:
     return (current or {}).get("extensions", {}).get(name, {})
 
 
-async def until(predicate: Any, what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
+until = functools.partial(eventually, timeout=DEADLINE)
 
 
 async def tool_names(client: Any) -> set[str]:

@@ -421,12 +421,8 @@ def read_config() -> ConfigView:
         settings = load_settings()
     except KaimonError as err:
         return ConfigView({}, stored, path, str(err))
-    values = {
-        "promote_after": settings.promote_after,
-        "cancel_grace": settings.cancel_grace,
-        "projects": [str(p) for p in settings.projects],
-        "mirror": settings.mirror,
-    }
+    values = {key: getattr(settings, key) for key in CONFIG_KEYS}
+    values["projects"] = [str(p) for p in settings.projects]
     return ConfigView(values, stored, path)
 
 

@@ -27,6 +27,7 @@ from .._errors import KaimonError, NotAllowed
 from .._paths import sessions_dir
 from .._protocol import ProcessIdentity, SessionInfo
 from .._settings import load_settings
+from ..server._execution import stop
 from ..server._kernel import KernelSession
 from ..server.providers import LocalProvider
 from ._data import store_path
@@ -35,7 +36,6 @@ __all__ = ["cancel_job", "interrupt", "restart", "set_mirror"]
 
 CONNECT_TIMEOUT = 15.0
 RESTART_TIMEOUT = 60.0
-INTERRUPT_WAIT = 10.0
 OWNER_WRITE_WAIT = 15.0
 
 
@@ -182,32 +182,15 @@ def _job_server(text: str | None) -> ProcessIdentity | None:
 
 
 async def _stop(key: str, msg_id: str, code: str) -> str | None:
-    """Stop the evaluation ``msg_id`` in session ``key``; how it stopped (None: it had
-    already finished)."""
+    """Stop the evaluation ``msg_id`` in session ``key`` as ``cancel_eval`` does; how it
+    stopped (None: it had already finished)."""
     try:
         grace = load_settings().cancel_grace
     except KaimonError:
         grace = 2.0
     async with _connected(key) as session:
-        execution = session.follow(msg_id, code)
-        answer = await session.cancel_eval(execution, timeout=max(grace, 0.5))
-        if answer is not None and answer.state == "finished":
-            return None
-        if answer is not None and answer.state == "queued":
-            return "it had not started; it will not run"
-        if await _wait(execution, grace):
-            return "it stopped cooperatively"
-        how = await session.interrupt()
-        if await _wait(execution, INTERRUPT_WAIT):
-            return f"it ignored the flag, so the kernel was interrupted ({how})"
-        return f"the kernel was interrupted ({how}) but the code had not stopped yet"
-
-
-async def _wait(execution: object, timeout: float) -> bool:
-    done: asyncio.Event = execution.done  # type: ignore[attr-defined]
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(done.wait(), timeout)
-    return done.is_set()
+        state, how = await stop(session, session.follow(msg_id, code), grace)
+    return None if state == "finished" else how
 
 
 # -- extensions ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ._events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from ._execution import Execution
+from ._execution import Execution, stop
 from ._jobs import Job, JobStatus, JobStore
 from ._kernel import KernelSession
 from ._policy import allowed_roots, export_target, too_wide
@@ -45,7 +45,6 @@ from .providers._jupyter import jupyter_owner
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
 JOB_SAVE_INTERVAL = 2.0
-INTERRUPT_WAIT = 10.0
 START_TIMEOUT = 60.0
 RESTART_TIMEOUT = 60.0
 RECOVER_RETRY = 1.0  # how often jobs on a kernel not yet found are looked for again
@@ -635,45 +634,8 @@ class Kaimon:
         return how
 
     async def _cancel(self, tracked: TrackedEval) -> str:
-        execution, session = tracked.execution, tracked.session
-        grace = self.options.cancel_grace
-
-        async def ask_gate() -> Any:  # EvalCancelled, or None when the gate did not answer
-            with contextlib.suppress(KaimonError):
-                return await session.cancel_eval(execution, timeout=max(grace, 0.5))
-            return None
-
-        # The gate knows where the job is; this server's view of it may be stale.
-        answer = await ask_gate()
-        if answer is None:  # the gate could not say (gone, or busy without a subshell)
-            state = "queued" if execution.started_at is None else "running"
-        else:
-            state = answer.state
-        if state == "queued":
-            # The gate skips it when its turn comes. An interrupt now would stop whatever
-            # runs instead (another job, the person's cell).
-            execution.fail("cancelled", "cancelled by the agent before it started")
-            return "it had not started; it will not run"
-        if state == "finished":
-            execution.cancel_requested = False  # it ended by itself: keep its outcome
-            await _wait(execution, INTERRUPT_WAIT)
-            return "it had already finished"
-        if await _wait(execution, grace):
-            return "it stopped cooperatively"
-        # Interrupt only while this job is the one running: the gate says so, now.
-        again = await ask_gate()
-        if again is not None and again.state != "running":
-            await _wait(execution, INTERRUPT_WAIT)
-            return "it stopped by itself just as the grace period ended"
-        how = await session.interrupt()
-        if await _wait(execution, INTERRUPT_WAIT):
-            return f"it ignored the flag, so the kernel was interrupted ({how})"
-        execution.fail(
-            "cancelled",
-            f"cancelled; the kernel was interrupted ({how}) but the code had not stopped "
-            f"{INTERRUPT_WAIT:g} s later: the session may still be busy",
-        )
-        return "interrupt sent, but the code has not stopped yet"
+        _state, how = await stop(tracked.session, tracked.execution, self.options.cancel_grace)
+        return how
 
     async def find_job(self, eval_id: str) -> Job:
         """The job ``eval_id`` names (a unique prefix will do), live or from the store."""
@@ -816,9 +778,3 @@ def _followed_by_another(job: Job, me: ProcessIdentity) -> bool:
 
 def _error_result(call_id: str, text: str) -> ToolResult:
     return ToolResult(call_id=call_id, content=[TextBlock(text=text)], is_error=True)
-
-
-async def _wait(execution: Execution, timeout: float) -> bool:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(execution.done.wait(), timeout)
-    return execution.done.is_set()

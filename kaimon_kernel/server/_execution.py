@@ -10,15 +10,17 @@ does for other clients (the person's cells).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from .._errors import KaimonError
 from .._output import OutputCapture
 
-__all__ = ["Activity", "ExecStatus", "Execution"]
+__all__ = ["INTERRUPT_WAIT", "Activity", "ExecStatus", "Execution", "stop", "wait_done"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +175,65 @@ class Activity:
         first = (self.busy_code or "").strip().splitlines()[:1]
         what = f" running {first[0][:80]!r}" if first else ""
         return f"busy{what} (the person's cell, for {time.monotonic() - self.busy_since:.0f} s)"
+
+
+#: How long code gets to stop after an interrupt before the cancel says it has not.
+INTERRUPT_WAIT = 10.0
+
+
+class _Stoppable(Protocol):
+    """What :func:`stop` needs of a kernel session."""
+
+    def cancel_eval(self, execution: Execution, timeout: float = ...) -> Awaitable[Any]: ...
+
+    def interrupt(self) -> Awaitable[str]: ...
+
+
+async def wait_done(execution: Execution, timeout: float) -> bool:
+    """Whether ``execution`` ends within ``timeout`` seconds."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(execution.done.wait(), timeout)
+    return execution.done.is_set()
+
+
+async def stop(session: _Stoppable, execution: Execution, grace: float) -> tuple[str, str]:
+    """Stop ``execution``: the cooperative flag first, an interrupt after ``grace`` seconds,
+    and only while the gate says this execution is the one running (an interrupt otherwise
+    stops whatever runs instead: another job, the person's cell).
+
+    Returns where the execution was when asked (queued, running or finished) and how it
+    stopped, as a sentence."""
+
+    async def ask_gate() -> Any:  # EvalCancelled, or None when the gate did not answer
+        with contextlib.suppress(KaimonError):
+            return await session.cancel_eval(execution, timeout=max(grace, 0.5))
+        return None
+
+    # The gate knows where the execution is; this side's view of it may be stale.
+    answer = await ask_gate()
+    if answer is None:  # the gate could not say (gone, or busy without a subshell)
+        state = "queued" if execution.started_at is None else "running"
+    else:
+        state = answer.state
+    if state == "queued":  # the gate skips it when its turn comes
+        execution.fail("cancelled", "cancelled before it started")
+        return state, "it had not started; it will not run"
+    if state == "finished":
+        execution.cancel_requested = False  # it ended by itself: keep its outcome
+        await wait_done(execution, INTERRUPT_WAIT)
+        return state, "it had already finished"
+    if await wait_done(execution, grace):
+        return state, "it stopped cooperatively"
+    again = await ask_gate()
+    if again is not None and again.state != "running":
+        await wait_done(execution, INTERRUPT_WAIT)
+        return state, "it stopped by itself just as the grace period ended"
+    how = await session.interrupt()
+    if await wait_done(execution, INTERRUPT_WAIT):
+        return state, f"it ignored the flag, so the kernel was interrupted ({how})"
+    execution.fail(
+        "cancelled",
+        f"cancelled; the kernel was interrupted ({how}) but the code had not stopped "
+        f"{INTERRUPT_WAIT:g} s later: the session may still be busy",
+    )
+    return state, "interrupt sent, but the code has not stopped yet"

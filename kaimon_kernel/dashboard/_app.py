@@ -665,6 +665,8 @@ class Dashboard(App[None]):
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        if not self.screen_stack:  # the app is closing: its tabs go, no screen is left
+            return
         self.refresh_bindings()
         # the arrows and Enter go to the view's table at once
         for widget in event.pane.query("DataTable, Log"):

@@ -40,7 +40,7 @@ from ._kernel import KernelSession
 from ._policy import allowed_roots, export_target, too_wide
 from ._sessions import Registry
 from .providers import KernelProvider, LaunchRequest, reap_orphans
-from .providers._jupyter import jupyter_owner
+from .providers._jupyter import through_jupyter_owner
 
 __all__ = ["JOB_STATUS", "GateToolRef", "Kaimon", "ServerOptions", "TrackedEval"]
 
@@ -311,7 +311,7 @@ class Kaimon:
         # The kernel's owner (a Jupyter server) restarts it; the gate serves again at start.
         # Through the owner's REST API where it is found: the kernel id stays, the person
         # sees an ordinary "Restarting", and no automatic restart is counted against it.
-        if await _through_owner(session, restart=True) is None:
+        if await through_jupyter_owner(session.info.connection_file, restart=True) is None:
             await session.control_request("shutdown_request", {"restart": True}, timeout=10)
         deadline = time.monotonic() + RESTART_TIMEOUT
         while time.monotonic() < deadline:
@@ -335,7 +335,7 @@ class Kaimon:
             await local.shutdown(session.key)
             await self.registry.scan()
             return f"shut down session {session.key}; it is gone"
-        url = await _through_owner(session, restart=False)
+        url = await through_jupyter_owner(session.info.connection_file, restart=False)
         if url is not None:  # the person's JupyterLab: stopped by it, not restarted by it
             await self.registry.scan()
             return (
@@ -747,23 +747,6 @@ class Kaimon:
                 )
             )
         yield result
-
-
-async def _through_owner(session: KernelSession, *, restart: bool) -> str | None:
-    """Restart or shut down ``session``'s kernel through the Jupyter server on this machine
-    that runs it (the person's JupyterLab); that server's URL, or None when none claims it."""
-    owner = await jupyter_owner(session.info.connection_file)
-    if owner is None:
-        return None
-    api, kernel_id = owner
-    try:
-        if restart:
-            await api.restart(kernel_id)
-        else:
-            await api.shutdown(kernel_id)
-    finally:
-        await api.aclose()
-    return api.url
 
 
 def _followed_by_another(job: Job, me: ProcessIdentity) -> bool:

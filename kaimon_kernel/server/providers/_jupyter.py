@@ -30,7 +30,7 @@ from .._jupyter_api import JupyterAPI, JupyterServerError, RemoteKernel
 from .._ws_transport import V1_PROTOCOL, WebSocketTransport
 from ._base import LaunchRequest
 
-__all__ = ["JupyterServerProvider", "jupyter_owner"]
+__all__ = ["JupyterServerProvider", "jupyter_owner", "through_jupyter_owner"]
 
 logger = logging.getLogger(__name__)
 
@@ -417,3 +417,21 @@ async def jupyter_owner(connection_file: str) -> tuple[JupyterAPI, str] | None:
             continue
         return api, kernel_id
     return None
+
+
+async def through_jupyter_owner(connection_file: str, *, restart: bool) -> str | None:
+    """Restart or shut down the kernel of ``connection_file`` through the Jupyter Server on
+    this machine that runs it (so it counts no automatic restart, and the person's notebook
+    shows an ordinary "Restarting"); that server's URL, or None when none claims it."""
+    owner = await jupyter_owner(connection_file)
+    if owner is None:
+        return None
+    api, kernel_id = owner
+    try:
+        if restart:
+            await api.restart(kernel_id)
+        else:
+            await api.shutdown(kernel_id)
+    finally:
+        await api.aclose()
+    return api.url

@@ -114,6 +114,9 @@ class FakeProvider:
 
     name = "fake"
 
+    def where(self) -> list[str]:
+        return ["the fake kernels"]
+
     def __init__(self) -> None:
         self.kernels: dict[str, FakeKernel] = {}
         self.announced: dict[str, SessionInfo] = {}

@@ -122,3 +122,18 @@ async def test_sessions_are_still_found_when_watching_for_them_fails(
     finally:
         runner.cancel()
         await registry.close()
+
+
+async def test_an_unknown_session_names_every_place_kernels_are_looked_for(
+    kaimon: Kaimon,
+) -> None:
+    class Remote(FakeProvider):
+        def where(self) -> list[str]:
+            return ["https://hub.example.org/user/alice/"]
+
+    kaimon.registry.providers.append(Remote())
+    async with Client(_mcp.build_mcp(kaimon)) as client:
+        result = await client.call_tool("ex", {"code": "1", "session": "nosuch"})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "the fake kernels, https://hub.example.org/user/alice/" in text, text

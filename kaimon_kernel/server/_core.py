@@ -204,7 +204,7 @@ class Kaimon:
             )
 
     def _where_looked(self) -> str:
-        return ", ".join(str(getattr(p, "directory", p.name)) for p in self.registry.providers)
+        return ", ".join(w for p in self.registry.providers for w in p.where())
 
     def _not_found_reason(self, name: str | None) -> str:
         try:

@@ -105,10 +105,10 @@ def add_prompts(mcp: MCPServer) -> None:
 
 def watched(providers: list) -> str:
     """The line saying where served kernels are looked for (list_sessions, usage_instructions)."""
-    dirs = [str(d) for p in providers for d in getattr(p, "directories", ())]
-    if not dirs:
+    places = [w for p in providers for w in p.where()]
+    if not places:
         return ""
     return (
-        "\nKernels are found in " + ", ".join(dirs) + " (a kernel served with another "
+        "\nKernels are found in " + ", ".join(places) + " (a kernel served with another "
         'JUPYTER_RUNTIME_DIR is found once kaimon.json lists that dir in "runtime_dirs").'
     )

@@ -33,6 +33,10 @@ class KernelProvider(Protocol):
 
     name: str
 
+    def where(self) -> list[str]:
+        """Where it looks for served kernels (directories, server URLs), said to the agent."""
+        ...
+
     def discover(self) -> dict[str, SessionInfo]:
         """The kernels that say they are served, by session key (not yet verified)."""
         ...

@@ -82,6 +82,9 @@ class JupyterServerProvider:
 
     # -- discovery -------------------------------------------------------------------------
 
+    def where(self) -> list[str]:
+        return [self.api.url]  # the token is never part of it
+
     def discover(self) -> dict[str, SessionInfo]:
         return {
             info.key: info

@@ -223,6 +223,9 @@ class LocalProvider:
         self._alive_at: dict[int, float] = {}
         self._me = ProcessIdentity.of(os.getpid())
 
+    def where(self) -> list[str]:
+        return [str(d) for d in self.directories]
+
     # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> dict[str, SessionInfo]:

@@ -254,13 +254,24 @@ SANDBOX = [
 ]
 
 
+def sandbox() -> list[str]:
+    """The README's launcher, plus what its note asks for: a checkout or venv of kaimon that
+    lives under /tmp (a CI clone) is bound back in after the ``--tmpfs /tmp`` that hides it."""
+    under_tmp = [
+        p for p in {str(Path(__file__).resolve().parents[1]), sys.prefix} if p.startswith("/tmp/")
+    ]
+    binds = [a for p in sorted(under_tmp) for a in ("--ro-bind", p, p)]
+    after_tmpfs = SANDBOX.index("--tmpfs") + 2
+    return SANDBOX[:after_tmpfs] + binds + SANDBOX[after_tmpfs:]
+
+
 async def test_a_sandboxed_kernel_has_no_network_and_writes_only_its_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     why = _bwrap_unusable()
     if why:
         pytest.skip(why)
-    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(SANDBOX))
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(sandbox()))
     project = tmp_path / "project"
     project.mkdir()
     outside = tmp_path / "outside"
@@ -330,7 +341,8 @@ async def test_a_sandboxed_kernel_of_a_crashed_server_is_stopped_by_the_next_one
     from kaimon_kernel.server.providers import pid_alive
 
     # without --die-with-parent: the kernel outlives a killed bwrap unless kaimon stops it
-    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(SANDBOX[:2] + SANDBOX[3:]))
+    launcher = [a for a in sandbox() if a != "--die-with-parent"]
+    monkeypatch.setenv("KAIMON_KERNEL_LAUNCHER", json.dumps(launcher))
     env = {"KAIMON_TOKEN": "sandbox-orphan-token-0123456789", "KAIMON_PROJECTS": str(tmp_path)}
     first = HttpServer(env=env)
     try:

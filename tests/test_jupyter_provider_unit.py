@@ -119,7 +119,7 @@ async def test_a_kernel_gone_from_the_server_is_not_alive_and_an_outage_keeps_th
     assert not provider.alive(a) and provider.alive(b)
     server.down = True
     assert not await provider.refresh()
-    assert "cannot reach" in provider.problem and server.url in provider.directory
+    assert "cannot reach" in provider.problem and server.url in provider.where()[0]
     assert provider.alive(b)  # a blip is not a death: the WebSocket decides that
 
 

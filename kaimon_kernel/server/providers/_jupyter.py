@@ -75,15 +75,11 @@ class JupyterServerProvider:
     def __repr__(self) -> str:
         return f"JupyterServerProvider({self.api.url!r})"
 
-    @property
-    def directory(self) -> str:
-        """Where the core says it looked: the server, and what went wrong there."""
-        return self.api.url + (f" ({self.problem})" if self.problem else "")
-
     # -- discovery -------------------------------------------------------------------------
 
     def where(self) -> list[str]:
-        return [self.api.url]  # the token is never part of it
+        """The server (never its token), and what went wrong there."""
+        return [self.api.url + (f" ({self.problem})" if self.problem else "")]
 
     def discover(self) -> dict[str, SessionInfo]:
         return {
